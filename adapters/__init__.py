@@ -1,0 +1,1 @@
+"""I/O adapters for tether: transports, the asyncio driver, the hub, the CLI."""
