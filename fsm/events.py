@@ -1,0 +1,191 @@
+"""Events: facts the driver (or the core's own clock check) reports to the lifecycle.
+
+Each event is a frozen dataclass named in the past tense. The class name is the trigger
+name in the transition table (:mod:`fsm.table`), so a table row reads like the protocol:
+``{"trigger": "ProbeUnanswered", "source": "waiting", "dest": "stale"}``.
+
+Two groups:
+
+* **Inputs** the driver feeds to :meth:`fsm.lifecycle.Lifecycle.handle`.
+* **Timer events** the core raises itself when ``now`` passes :meth:`next_deadline`; the
+  driver only says :class:`DeadlineReached` (or any other event) and the core works out
+  which deadline it was. A driver never fakes a timer event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsm.errors import TransportError
+
+__all__ = [
+    "INPUT_EVENTS",
+    "TIMER_EVENTS",
+    "BackoffElapsed",
+    "CloseRequested",
+    "ConnectFailed",
+    "Connected",
+    "DeadlineReached",
+    "Event",
+    "HandshakeTimedOut",
+    "MessageReceived",
+    "PongReceived",
+    "ProbeUnanswered",
+    "RebuildFailed",
+    "Rebuilt",
+    "SendRequested",
+    "SilenceNoticed",
+    "Started",
+    "TimerFiredLate",
+    "TransportLost",
+    "TransportReleased",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class: every event's trigger name is its class name."""
+
+    @classmethod
+    def trigger(cls) -> str:
+        return cls.__name__
+
+
+# -- inputs from the driver -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Event):
+    """The user started the link."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """A transport opened and its handshake finished.
+
+    ``resumed``: the server still held our session (session mode), so nothing needs to be
+    rebuilt. ``epoch``: the server's epoch, when the protocol has one.
+    """
+
+    resumed: bool = False
+    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed(Event):
+    """Opening the transport or its handshake failed."""
+
+    error: TransportError
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt(Event):
+    """The rebuild hooks finished: the server knows the agent again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildFailed(Event):
+    """A rebuild hook raised; the session on this transport is not usable."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Event):
+    """A data frame arrived. Any frame is proof that the peer is alive."""
+
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived(Event):
+    """The answer to a probe (or any control frame) arrived; proof of life."""
+
+    rtt: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLost(Event):
+    """The transport closed or broke, or the peer broke the protocol."""
+
+    error: TransportError
+
+
+@dataclass(frozen=True, slots=True)
+class TransportReleased(Event):
+    """The aborted transport and its tasks are gone; a new one may be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequested(Event):
+    """The user asked to send ``payload``."""
+
+    payload: Any = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequested(Event):
+    """The user asked to close the link."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineReached(Event):
+    """The driver's timer fired. The core decides which deadline it was (if any)."""
+
+
+# -- timer events, raised by the core itself ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceNoticed(Event):
+    """A live link heard nothing for ``heartbeat.interval``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeUnanswered(Event):
+    """A probe got no frame back within ``heartbeat.timeout``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFiredLate(Event):
+    """A heartbeat deadline was noticed long after it passed: the local event loop was
+    stalled, which is no evidence against the peer. The link probes afresh."""
+
+    lateness: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffElapsed(Event):
+    """The backoff delay is over: time to dial again."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeTimedOut(Event):
+    """Opening, handshaking or rebuilding took longer than ``handshake_timeout``."""
+
+
+#: Events a driver may feed to ``handle()``.
+INPUT_EVENTS: tuple[type[Event], ...] = (
+    Started,
+    Connected,
+    ConnectFailed,
+    Rebuilt,
+    RebuildFailed,
+    MessageReceived,
+    PongReceived,
+    TransportLost,
+    TransportReleased,
+    SendRequested,
+    CloseRequested,
+    DeadlineReached,
+)
+
+#: Events the core raises when a deadline passes.
+TIMER_EVENTS: tuple[type[Event], ...] = (
+    SilenceNoticed,
+    ProbeUnanswered,
+    TimerFiredLate,
+    BackoffElapsed,
+    HandshakeTimedOut,
+)

@@ -1,0 +1,477 @@
+"""The sans-I/O lifecycle core: ``handle(event, now) -> actions`` and ``next_deadline()``.
+
+Theory of operation
+===================
+
+A :class:`Lifecycle` is the whole decision-making of one link, with no I/O. The driver
+(:mod:`adapters.link`) owns the socket, the event loop and the clock; the core owns every
+decision. They talk in three verbs:
+
+* ``handle(event, now)``: the driver reports a fact (:mod:`fsm.events`) that happened at
+  time ``now`` (any monotonic clock, in seconds; it must never go backwards) and gets
+  back the actions (:mod:`fsm.actions`) to perform, in order.
+* ``next_deadline()``: when the core next needs to be woken, or ``None``. The driver
+  sleeps until then and reports :class:`~fsm.events.DeadlineReached`.
+* ``perform(action)``: used by table callbacks to queue an action.
+
+Time is an input. Before handling any event, the core fires every deadline that ``now``
+has passed (``SilenceNoticed``, ``ProbeUnanswered``, ``BackoffElapsed``,
+``HandshakeTimedOut``), so a driver that reports late can never see a live state that
+outlived its heartbeat. The one exception is a frame from the peer: it is handled
+*first*, because it proves the peer alive whatever the clock says, and a driver reads
+what is already buffered before it reports a deadline (a late timer is not evidence
+against the peer). A heartbeat deadline noticed more than ``heartbeat.grace`` after it
+passed means our own loop stalled; the core then probes afresh (``TimerFiredLate``)
+instead of condemning a peer whose answer it never gave a chance to arrive.
+
+The state is changed only by the ``transitions`` machine built from the table in
+:mod:`fsm.table` (or a user's :class:`~fsm.spec.Spec`). The methods below named as
+imperatives (``open_transport``, ``flush_outbox``, ...) are the table's callbacks: they
+update bookkeeping and append actions. Predicates (``is_dialing``, ``gives_up``, ...) are
+its conditions. A link is a *model* of a machine shared by every link of its spec and is
+not registered with it, so a link costs its own fields only.
+
+Bookkeeping the table does not show:
+
+* ``transport``: ``none``, ``opening``, ``open`` or ``closing``. Exactly one transport may
+  exist; ``open_transport`` refuses to dial while another is not released.
+* ``failures``: consecutive failed attempts, the backoff exponent and what the budget
+  counts. A link that stayed ONLINE for ``backoff.grace`` starts again from zero.
+* the outbox (:mod:`fsm.outbox`): messages flow only in live states; on CLOSED and FAILED
+  everything undelivered is handed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transitions import EventData
+
+from fsm.actions import (
+    AbortTransport,
+    Action,
+    Deliver,
+    HandBack,
+    NotifyStateChange,
+    OpenTransport,
+    RunRebuild,
+    SendPing,
+    StateChange,
+    Transmit,
+)
+from fsm.backoff import Backoff
+from fsm.errors import LinkClosedError, LocalProtocolError, Verdict, classify
+from fsm.events import (
+    BackoffElapsed,
+    Connected,
+    ConnectFailed,
+    Event,
+    HandshakeTimedOut,
+    MessageReceived,
+    PongReceived,
+    ProbeUnanswered,
+    RebuildFailed,
+    SendRequested,
+    SilenceNoticed,
+    TimerFiredLate,
+    TransportLost,
+)
+from fsm.heartbeat import Heartbeat
+from fsm.outbox import Outbox
+from fsm.spec import DEFAULT_SPEC, Spec
+from fsm.states import State, Tags
+
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Lifecycle", "Statistics"]
+
+#: Seconds allowed to dial, finish the handshake, and (separately) run the rebuild hooks.
+#: 10 s is websockets' ``open_timeout``: generous on a LAN, short enough for liveness.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+_FRAMES = (MessageReceived, PongReceived)
+_PLAIN_REASONS = {
+    "Started": "started by the user",
+    "CloseRequested": "closed by the user",
+    "Connected": "transport open, handshake done",
+    "Rebuilt": "rebuild hooks finished; session ready",
+    "TransportReleased": "old transport released; backing off before the next dial",
+    "BackoffElapsed": "backoff over; dialing",
+    "MessageReceived": "heard from the peer (message)",
+    "PongReceived": "heard from the peer (pong)",
+}
+_FAILURES = (ConnectFailed, TransportLost, HandshakeTimedOut, RebuildFailed)
+
+
+class Statistics(dict[str, Any]):
+    """A plain dict of counters; see :meth:`Lifecycle.statistics`."""
+
+
+class Lifecycle:
+    """The lifecycle of one link. See the module docstring for the theory of operation."""
+
+    __slots__ = (
+        "_actions",
+        "_clock_started",
+        "_dial_at",
+        "_entered_at",
+        "_excused",
+        "_failures",
+        "_handshake_deadline",
+        "_last_heard",
+        "_now",
+        "_online_since",
+        "_probe_deadline",
+        "_rand",
+        "_reason",
+        "_rebuilding",
+        "_retry_after",
+        "_time_in",
+        "_transport",
+        "attempts",
+        "backoff",
+        "classify",
+        "handshake_timeout",
+        "heartbeat",
+        "last_error",
+        "last_rtt",
+        "outbox",
+        "reconnects",
+        "session",
+        "spec",
+        "state",
+    )
+
+    state: str  # assigned by the transitions machine only
+
+    def __init__(
+        self,
+        *,
+        rand: Callable[[], float],
+        heartbeat: Heartbeat | None = None,
+        backoff: Backoff | None = None,
+        outbox: Outbox | None = None,
+        spec: Spec = DEFAULT_SPEC,
+        session: bool = False,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        classify: Callable[[BaseException], Verdict] = classify,
+    ) -> None:
+        if not handshake_timeout > 0:
+            raise ValueError(f"handshake_timeout must be > 0 s, got {handshake_timeout!r}")
+        self.spec = spec
+        self.heartbeat = heartbeat or Heartbeat()
+        self.backoff = backoff or Backoff()
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.session = session
+        self.handshake_timeout = handshake_timeout
+        self.classify = classify
+        self._rand = rand
+        self._actions: list[Action] = []
+        self._now = 0.0
+        self._clock_started = False
+        self._transport = "none"
+        self._rebuilding = False
+        self._last_heard = 0.0
+        self._probe_deadline: float | None = None
+        self._dial_at: float | None = None
+        self._handshake_deadline: float | None = None
+        self._online_since: float | None = None
+        self._excused = 0.0
+        self._failures = 0
+        self._retry_after: float | None = None
+        self._reason = "created"
+        self._entered_at = 0.0
+        self._time_in: dict[str, float] = {}
+        self.attempts = 0
+        self.reconnects = 0
+        self.last_rtt: float | None = None
+        self.last_error: BaseException | None = None
+        spec.machine.set_state(spec.initial, model=self)
+
+    def __repr__(self) -> str:
+        return (f"Lifecycle(state={self.state!r}, heartbeat={self.heartbeat!r}, "
+                f"backoff={self.backoff!r}, outbox={self.outbox!r}, session={self.session!r})")
+
+    # -- the three verbs -------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Report ``event`` at time ``now``; return the actions to perform, in order."""
+        if self._clock_started and now < self._now:
+            raise LocalProtocolError(
+                f"time went backwards: handle({type(event).__name__}) at {now!r} after "
+                f"{self._now!r}; pass a monotonic clock"
+            )
+        if not self._clock_started:
+            self._clock_started, self._entered_at = True, now
+        self._now = now
+        if not isinstance(event, _FRAMES):
+            self._fire_due_deadlines()
+        self._trigger(event)
+        self._fire_due_deadlines()
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """When the core must next be woken (absolute, on the caller's clock), or None."""
+        if self._transport == "closing" or self.tags.final:
+            return None
+        if self.tags.live:
+            return self._probe_deadline if self._probe_deadline is not None else \
+                self.heartbeat.silence_deadline(self._last_heard)
+        if self._transport in ("opening", "open"):
+            return self._handshake_deadline
+        return self._dial_at
+
+    def perform(self, action: Action) -> None:
+        """Queue ``action`` for the driver (for table callbacks, including users')."""
+        self._actions.append(action)
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def tags(self) -> Tags:
+        return self.spec.tags[self.state]
+
+    @property
+    def transport(self) -> str:
+        """``none``, ``opening``, ``open`` or ``closing``."""
+        return self._transport
+
+    @property
+    def last_heard(self) -> float:
+        return self._last_heard
+
+    @property
+    def excused(self) -> float:
+        """Seconds of silence forgiven because our own loop stalled (``TimerFiredLate``)."""
+        return self._excused
+
+    @property
+    def reason(self) -> str:
+        """Why the link is in its current state."""
+        return self._reason
+
+    def statistics(self, now: float | None = None) -> Statistics:
+        """Counters for dashboards and tests."""
+        now = self._now if now is None else now
+        time_in = dict(self._time_in)
+        time_in[self.state] = time_in.get(self.state, 0.0) + max(0.0, now - self._entered_at)
+        return Statistics(
+            state=str(self.state), reason=self._reason, attempts=self.attempts,
+            reconnects=self.reconnects, failures=self._failures, last_rtt=self.last_rtt,
+            outbox_depth=len(self.outbox), outbox_inflight=self.outbox.inflight,
+            time_in_state=time_in, stall_excused=self._excused,
+        )
+
+    # -- the engine -------------------------------------------------------------------------
+
+    def _trigger(self, event: Event) -> None:
+        try:
+            trigger = self.spec.machine.events[event.trigger()]
+        except KeyError:
+            raise LocalProtocolError(
+                f"{type(event).__name__} is not an event of spec {self.spec.name!r} "
+                f"(state {self.state!r}); add it with Spec.derive(events=[...])"
+            ) from None
+        self._reason = self._describe(event)
+        trigger.trigger(self, event)
+
+    def _fire_due_deadlines(self) -> None:
+        # Each firing moves or clears the deadline; the bound guards against a spec bug.
+        for _ in range(8):
+            deadline = self.next_deadline()
+            if deadline is None or deadline > self._now:
+                return
+            self._trigger(self._timer_event(deadline))
+        raise LocalProtocolError(
+            f"deadline {self.next_deadline()!r} in state {self.state!r} keeps firing; "
+            f"a custom transition must move or clear it"
+        )
+
+    def _timer_event(self, deadline: float) -> Event:
+        if self.tags.live:
+            lateness = self._now - deadline
+            if lateness > self.heartbeat.grace:
+                return TimerFiredLate(lateness=lateness)
+            return ProbeUnanswered() if self._probe_deadline is not None else SilenceNoticed()
+        if self._transport in ("opening", "open"):
+            return HandshakeTimedOut()
+        return BackoffElapsed()
+
+    def _describe(self, event: Event) -> str:
+        hb = self.heartbeat
+        if isinstance(event, ProbeUnanswered):
+            return (f"no frame from the peer for {self._now - self._last_heard:.3f} s "
+                    f"(interval {hb.interval} s + timeout {hb.timeout} s)")
+        if isinstance(event, SilenceNoticed):
+            return f"peer silent for {hb.interval} s; probing"
+        if isinstance(event, TimerFiredLate):
+            return f"timer fired {event.lateness:.3f} s late (local loop stalled); probing afresh"
+        if isinstance(event, HandshakeTimedOut):
+            return f"handshake or rebuild took over {self.handshake_timeout} s"
+        if isinstance(event, ConnectFailed | TransportLost | RebuildFailed):
+            return self.classify(event.error).reason
+        return _PLAIN_REASONS.get(type(event).__name__, type(event).__name__)
+
+    # -- table conditions -----------------------------------------------------------------
+
+    def is_dialing(self, _: EventData) -> bool:
+        return self._transport == "opening"
+
+    def is_rebuilding(self, _: EventData) -> bool:
+        return self._rebuilding
+
+    def is_resumed(self, event_data: EventData) -> bool:
+        event = _event(event_data)
+        return self.session and isinstance(event, Connected) and event.resumed
+
+    def holds_transport(self, _: EventData) -> bool:
+        return self._transport in ("opening", "open")
+
+    def _failures_after(self, event: Event) -> tuple[int, Verdict]:
+        error: BaseException | None = getattr(event, "error", None)
+        verdict = (self.classify(error) if error is not None
+                   else Verdict(retry=True, reason=self._describe(event)))
+        healthy = (self._online_since is not None
+                   and self._now - self._online_since >= self.backoff.grace)
+        if healthy and isinstance(event, TransportLost | ProbeUnanswered):
+            return 0, verdict  # a loss after a healthy stretch: retry at once, from zero
+        return (0 if healthy else self._failures) + 1, verdict
+
+    def gives_up(self, event_data: EventData) -> bool:
+        failures, verdict = self._failures_after(_event(event_data))
+        if not verdict.retry:
+            return True
+        if self.backoff.exhausted(failures):
+            self._reason = (f"{verdict.reason}; retry budget of {self.backoff.budget} "
+                            f"attempts exhausted")
+            return True
+        return False
+
+    # -- table callbacks: bookkeeping and actions -------------------------------------------
+
+    def count_failure(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        self._failures, verdict = self._failures_after(event)
+        self._retry_after = verdict.retry_after
+        self.last_error = getattr(event, "error", None)
+        self._online_since = None
+        if isinstance(event, ConnectFailed):
+            self._transport = "none"
+            self._handshake_deadline = None
+
+    def open_transport(self, _: EventData) -> None:
+        if self._transport != "none":
+            raise LocalProtocolError(
+                f"refusing to dial in state {self.state!r}: a transport is still "
+                f"{self._transport} (one transport per link)"
+            )
+        self._transport, self._dial_at = "opening", None
+        self._handshake_deadline = self._now + self.handshake_timeout
+        self.attempts += 1
+        self.perform(OpenTransport(attempt=self.attempts))
+
+    def drop_stray_transport(self, _: EventData) -> None:
+        self.perform(AbortTransport(reason="a transport opened that the link did not ask for"))
+
+    def start_rebuild(self, event_data: EventData) -> None:
+        self._transport, self._rebuilding = "open", True
+        self._handshake_deadline = self._now + self.handshake_timeout
+        self._last_heard = self._now
+        why = "new connection" if not self.session else "the server lost the session"
+        self.perform(RunRebuild(reason=why))
+
+    def finish_rebuild(self, _: EventData) -> None:
+        self._rebuilding, self._handshake_deadline = False, None
+
+    def resume_session(self, _: EventData) -> None:
+        self._transport, self._handshake_deadline = "open", None
+        self.outbox.rewind()
+
+    def flush_outbox(self, event_data: EventData) -> None:
+        if _source(event_data) != State.WAITING:
+            self._last_heard, self._probe_deadline = self._now, None
+            self._online_since = self._now
+            if self.attempts > 1:
+                self.reconnects += 1
+        envelopes = self.outbox.take(track=self.session)
+        if envelopes:
+            self.perform(Transmit(tuple(envelopes)))
+
+    def send_probe(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        if isinstance(event, TimerFiredLate):
+            base = self._now
+            self._excused += base - (self._last_heard + self.heartbeat.interval) \
+                if self._probe_deadline is None else base - self._probe_deadline
+        else:
+            base = self.heartbeat.silence_deadline(self._last_heard)
+        self._probe_deadline = self.heartbeat.probe_deadline(base)
+        self.perform(SendPing())
+
+    def note_heard(self, event_data: EventData) -> None:
+        self._last_heard, self._probe_deadline, self._excused = self._now, None, 0.0
+        event = _event(event_data)
+        if isinstance(event, PongReceived) and event.rtt is not None:
+            self.last_rtt = event.rtt
+
+    def deliver_message(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        assert isinstance(event, MessageReceived)
+        self.perform(Deliver(event.payload))
+
+    def accept_message(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        assert isinstance(event, SendRequested)
+        _, evicted = self.outbox.push(event.payload)
+        if evicted:
+            self.perform(HandBack(tuple(evicted), reason=(
+                f"outbox full ({self.outbox.limit} messages); oldest handed back")))
+        if self.tags.live:
+            self.perform(Transmit(tuple(self.outbox.take(track=self.session))))
+
+    def refuse_message(self, _: EventData) -> None:
+        raise LinkClosedError(f"cannot send: the link is {self.state} ({self._reason})")
+
+    def abort_transport(self, _: EventData) -> None:
+        self._transport, self._rebuilding = "closing", False
+        self._probe_deadline = self._handshake_deadline = None
+        self.perform(AbortTransport(reason=self._reason))
+
+    def note_released(self, _: EventData) -> None:
+        if self._transport == "closing":
+            self._transport = "none"
+
+    def schedule_retry(self, _: EventData) -> None:
+        delay = self.backoff.delay(self._failures, self._rand(), self._retry_after)
+        self._dial_at, self._retry_after = self._now + delay, None
+
+    def release_everything(self, _: EventData) -> None:
+        if self._transport != "none":
+            self._transport = "closing"
+            self.perform(AbortTransport(reason=self._reason))
+        self._dial_at = self._probe_deadline = self._handshake_deadline = None
+        self._rebuilding = False
+        undelivered = self.outbox.drain()
+        if undelivered:
+            self.perform(HandBack(tuple(undelivered), reason=f"link {self.state}: {self._reason}"))
+
+    def record_change(self, event_data: EventData) -> None:
+        old = _source(event_data)
+        if old == self.state:
+            return
+        self._time_in[old] = self._time_in.get(old, 0.0) + (self._now - self._entered_at)
+        self._entered_at = self._now
+        change = StateChange(old=str(old), new=str(self.state), reason=self._reason, at=self._now)
+        self.perform(NotifyStateChange(change))
+
+
+def _event(event_data: EventData) -> Event:
+    """The tether event behind a ``transitions`` trigger (always the one positional arg)."""
+    (event,) = event_data.args
+    assert isinstance(event, Event)
+    return event
+
+
+def _source(event_data: EventData) -> str:
+    assert event_data.transition is not None
+    return str(event_data.transition.source)
