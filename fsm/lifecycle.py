@@ -242,7 +242,9 @@ class Lifecycle:
 
     @property
     def excused(self) -> float:
-        """Seconds of silence forgiven because our own loop stalled (``TimerFiredLate``)."""
+        """Seconds of silence forgiven beyond ``interval + timeout`` because our own loop
+        stalled (``TimerFiredLate``); reset when the peer is heard. In a live state,
+        ``now - last_heard <= heartbeat.bound + excused`` always holds."""
         return self._excused
 
     @property
@@ -398,14 +400,15 @@ class Lifecycle:
             self.perform(Transmit(tuple(envelopes)))
 
     def send_probe(self, event_data: EventData) -> None:
-        event = _event(event_data)
-        if isinstance(event, TimerFiredLate):
-            base = self._now
-            self._excused += base - (self._last_heard + self.heartbeat.interval) \
-                if self._probe_deadline is None else base - self._probe_deadline
+        hb = self.heartbeat
+        if isinstance(_event(event_data), TimerFiredLate):
+            # Our loop stalled: give the peer a full timeout from now, and account for the
+            # silence this forgives beyond the usual bound.
+            self._probe_deadline = hb.probe_deadline(self._now)
+            self._excused = max(self._excused,
+                                self._probe_deadline - (self._last_heard + hb.bound))
         else:
-            base = self.heartbeat.silence_deadline(self._last_heard)
-        self._probe_deadline = self.heartbeat.probe_deadline(base)
+            self._probe_deadline = hb.probe_deadline(hb.silence_deadline(self._last_heard))
         self.perform(SendPing())
 
     def note_heard(self, event_data: EventData) -> None:
