@@ -40,8 +40,8 @@ from fsm import (
 from fsm.errors import Broken, Closed, LinkClosedError, Refused
 from fsm.events import (
     CloseRequested,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     DeadlineReached,
     Event,
     MessageReceived,
