@@ -7,6 +7,7 @@ deadlines are outputs. See :mod:`fsm.lifecycle` for the theory of operation.
 from fsm.actions import (
     AbortTransport,
     Action,
+    CloseTransport,
     Deliver,
     HandBack,
     NotifyStateChange,
@@ -29,6 +30,7 @@ __all__ = [
     "AbortTransport",
     "Action",
     "Backoff",
+    "CloseTransport",
     "Deliver",
     "Envelope",
     "HandBack",

@@ -14,6 +14,7 @@ from fsm.outbox import Envelope
 __all__ = [
     "AbortTransport",
     "Action",
+    "CloseTransport",
     "Deliver",
     "HandBack",
     "NotifyStateChange",
@@ -41,6 +42,14 @@ class OpenTransport(Action):
 class AbortTransport(Action):
     """Drop the transport at once, without a closing handshake; report
     ``TransportReleased`` once its socket and tasks are gone."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTransport(Action):
+    """Close the transport politely (closing handshake, bounded in time); report
+    ``TransportReleased`` once it is gone. Used when the user closes the link."""
 
     reason: str
 

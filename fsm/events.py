@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "HandshakeTimedOut",
     "MessageReceived",
+    "MessagesWritten",
     "PongReceived",
     "ProbeUnanswered",
     "RebuildFailed",
@@ -106,6 +107,17 @@ class PongReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MessagesWritten(Event):
+    """The transport accepted every message up to and including sequence ``upto``.
+
+    In plain mode this is as far as tether can follow a message, so it settles it; in
+    session mode only the peer's acknowledgement does.
+    """
+
+    upto: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TransportLost(Event):
     """The transport closed or broke, or the peer broke the protocol."""
 
@@ -174,6 +186,7 @@ INPUT_EVENTS: tuple[type[Event], ...] = (
     RebuildFailed,
     MessageReceived,
     PongReceived,
+    MessagesWritten,
     TransportLost,
     TransportReleased,
     SendRequested,

@@ -37,8 +37,11 @@ Bookkeeping the table does not show:
   exist; ``open_transport`` refuses to dial while another is not released.
 * ``failures``: consecutive failed attempts, the backoff exponent and what the budget
   counts. A link that stayed ONLINE for ``backoff.grace`` starts again from zero.
-* the outbox (:mod:`fsm.outbox`): messages flow only in live states; on CLOSED and FAILED
-  everything undelivered is handed back.
+* the outbox (:mod:`fsm.outbox`): messages flow only in live states and stay in flight
+  until settled (plain mode: ``MessagesWritten``, the transport took them; session mode:
+  the peer's cumulative ack). When a transport is aborted, whatever it had not settled
+  goes back in front, in order, for the next one. On CLOSED and FAILED everything
+  undelivered is handed back.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from transitions import EventData
 from fsm.actions import (
     AbortTransport,
     Action,
+    CloseTransport,
     Deliver,
     HandBack,
     NotifyStateChange,
@@ -69,6 +73,7 @@ from fsm.events import (
     Event,
     HandshakeTimedOut,
     MessageReceived,
+    MessagesWritten,
     PongReceived,
     ProbeUnanswered,
     RebuildFailed,
@@ -395,7 +400,7 @@ class Lifecycle:
             self._online_since = self._now
             if self.attempts > 1:
                 self.reconnects += 1
-        envelopes = self.outbox.take(track=self.session)
+        envelopes = self.outbox.take(track=True)
         if envelopes:
             self.perform(Transmit(tuple(envelopes)))
 
@@ -430,14 +435,22 @@ class Lifecycle:
             self.perform(HandBack(tuple(evicted), reason=(
                 f"outbox full ({self.outbox.limit} messages); oldest handed back")))
         if self.tags.live:
-            self.perform(Transmit(tuple(self.outbox.take(track=self.session))))
+            self.perform(Transmit(tuple(self.outbox.take(track=True))))
 
     def refuse_message(self, _: EventData) -> None:
         raise LinkClosedError(f"cannot send: the link is {self.state} ({self._reason})")
 
+    def settle_written(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        assert isinstance(event, MessagesWritten)
+        if not self.session:
+            self.outbox.ack(event.upto)
+
     def abort_transport(self, _: EventData) -> None:
         self._transport, self._rebuilding = "closing", False
         self._probe_deadline = self._handshake_deadline = None
+        # Whatever the dead transport had not settled goes back in front, in order.
+        self.outbox.rewind()
         self.perform(AbortTransport(reason=self._reason))
 
     def note_released(self, _: EventData) -> None:
@@ -450,8 +463,10 @@ class Lifecycle:
 
     def release_everything(self, _: EventData) -> None:
         if self._transport != "none":
+            polite = self.state == State.CLOSED and self._transport == "open"
             self._transport = "closing"
-            self.perform(AbortTransport(reason=self._reason))
+            self.perform(CloseTransport(reason=self._reason) if polite
+                         else AbortTransport(reason=self._reason))
         self._dial_at = self._probe_deadline = self._handshake_deadline = None
         self._rebuilding = False
         undelivered = self.outbox.drain()

@@ -90,6 +90,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "PongReceived", "source": WAITING, "dest": ONLINE, "before": "note_heard"},
     {"trigger": "PongReceived", "source": [ONLINE, *DIALING], "dest": None,
      "after": "note_heard"},
+    {"trigger": "MessagesWritten", "source": [*LIVE, *DIALING, STALE], "dest": None,
+     "after": "settle_written"},
     {"trigger": "SilenceNoticed", "source": ONLINE, "dest": WAITING},
     {"trigger": "TimerFiredLate", "source": ONLINE, "dest": WAITING},
     {"trigger": "TimerFiredLate", "source": WAITING, "dest": None, "after": "send_probe"},
@@ -115,6 +117,7 @@ TRANSITIONS: list[dict[str, Any]] = [
 IGNORED: dict[str, list[str]] = {
     # Nothing has been dialed yet, so nothing can come back from a transport.
     IDLE: ["Connected", "ConnectFailed", "Rebuilt", "RebuildFailed", "MessageReceived",
+           "MessagesWritten",
            "PongReceived", "TransportLost", "TransportReleased", "SilenceNoticed",
            "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed", "HandshakeTimedOut"],
     CONNECTING: ["Started", "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate",
@@ -131,11 +134,11 @@ IGNORED: dict[str, list[str]] = {
             "TimerFiredLate", "BackoffElapsed", "HandshakeTimedOut"],
     # Final: nothing moves the link any more.
     CLOSED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
-             "RebuildFailed", "MessageReceived", "PongReceived", "TransportLost",
+             "RebuildFailed", "MessageReceived", "MessagesWritten", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",
              "HandshakeTimedOut"],
     FAILED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
-             "RebuildFailed", "MessageReceived", "PongReceived", "TransportLost",
+             "RebuildFailed", "MessageReceived", "MessagesWritten", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",
              "HandshakeTimedOut"],
 }

@@ -8,9 +8,10 @@ plus deliberately stray ones. After every step we check what users rely on:
 * **no false online**: in a live state, ``now - last_heard <= interval + timeout`` (plus
   time forgiven after a stall of our own loop, reported as ``excused``);
 * **one transport**: the core never dials while another transport is not released;
-* **nothing lost, nothing doubled** (plain mode): each sent payload is transmitted at most
-  once and handed back at most once, never both, and at the end every payload is
-  accounted for: transmitted, handed back, or still in the outbox;
+* **nothing lost, nothing doubled** (plain mode): each sent payload is written to a socket
+  at most once, in order, and handed back at most once, never both; every payload is
+  accounted for at every step: written, handed back, or still held by the outbox (frames
+  queued for a socket that died were never written and must come back);
 * **calm retries**: every backoff delay is within ``[0, cap]``.
 """
 
@@ -30,6 +31,8 @@ from fsm import (
     DEFAULT_SPEC,
     AbortTransport,
     Backoff,
+    CloseTransport,
+    Envelope,
     HandBack,
     Heartbeat,
     Lifecycle,
@@ -45,6 +48,7 @@ from fsm.events import (
     DeadlineReached,
     Event,
     MessageReceived,
+    MessagesWritten,
     PongReceived,
     RebuildFailed,
     Rebuilt,
@@ -72,6 +76,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.rebuilding = False
         self.aborting = False
         self.sent: list[int] = []
+        self.socket_buffer: list[Envelope] = []
         self.transmitted: list[int] = []
         self.handed_back: list[int] = []
 
@@ -86,11 +91,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             if isinstance(action, OpenTransport):
                 assert self.transports == 0, f"dialed with {self.transports} transport(s) open"
                 self.transports, self.dialing = 1, True
-            elif isinstance(action, AbortTransport):
+            elif isinstance(action, AbortTransport | CloseTransport):
                 self.dialing = self.rebuilding = False
                 self.aborting = self.transports == 1
+                self.socket_buffer.clear()  # unwritten frames die with the socket
             elif isinstance(action, Transmit):
-                self.transmitted += [e.payload for e in action.envelopes]
+                assert self.transports == 1 and not self.aborting, "transmit with no transport"
+                self.socket_buffer += action.envelopes
             elif isinstance(action, HandBack):
                 self.handed_back += [e.payload for e in action.envelopes]
             elif isinstance(action, NotifyStateChange):
@@ -192,6 +199,14 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(pong=st.booleans())
     def heard(self, pong: bool) -> None:
         self.feed(PongReceived(rtt=0.01) if pong else MessageReceived("from server"))
+
+    @precondition(lambda self: self.socket_buffer)
+    @rule(count=st.integers(min_value=1, max_value=5))
+    def written(self, count: int) -> None:
+        """The writer task hands ``count`` queued frames to the socket."""
+        done, self.socket_buffer = self.socket_buffer[:count], self.socket_buffer[count:]
+        self.transmitted += [e.payload for e in done]
+        self.feed(MessagesWritten(upto=done[-1].seq))
 
     @rule(event=st.sampled_from([Connected(), Rebuilt(), TransportReleased(), PongReceived()]))
     def stray(self, event: Event) -> None:

@@ -17,6 +17,21 @@ The flow, compared with the built-in one::
 straight to ``online``: it was authenticated when it was created, and the resume token
 is its credential.)
 
+An extension is one call that returns a new, validated :class:`~fsm.spec.Spec`; the
+built-in :data:`~fsm.spec.DEFAULT_SPEC` is left untouched::
+
+    AUTH_SPEC = DEFAULT_SPEC.derive(
+        name="authenticating",
+        states=[...],        # new states, each with explicit tags
+        events=[...],        # new Event subclasses (their class names are triggers)
+        transitions=[...],   # new rows, tried before the built-in ones
+        drop=[...],          # (trigger, source) pairs whose built-in rows you replace
+        ignore={...},        # explicit no-ops: {state: [trigger, ...]}
+    )
+
+The sections below fill in each argument; the code at the bottom of this module is the
+finished result.
+
 Step 1: the vocabulary
 ----------------------
 Events are facts the *driver* reports, named in the past tense, as frozen dataclasses
