@@ -129,6 +129,7 @@ class Lifecycle:
         "_rand",
         "_reason",
         "_rebuilding",
+        "_state_reason",
         "_retry_after",
         "_time_in",
         "_transport",
@@ -183,7 +184,8 @@ class Lifecycle:
         self._excused = 0.0
         self._failures = 0
         self._retry_after: float | None = None
-        self._reason = "created"
+        self._reason = "created"  # why the event being handled happened
+        self._state_reason = "created"  # why the link is in its current state
         self._entered_at = 0.0
         self._time_in: dict[str, float] = {}
         self.attempts = 0
@@ -254,8 +256,8 @@ class Lifecycle:
 
     @property
     def reason(self) -> str:
-        """Why the link is in its current state."""
-        return self._reason
+        """Why the link is in its current state (the reason of the last change)."""
+        return self._state_reason
 
     def statistics(self, now: float | None = None) -> Statistics:
         """Counters for dashboards and tests."""
@@ -263,7 +265,7 @@ class Lifecycle:
         time_in = dict(self._time_in)
         time_in[self.state] = time_in.get(self.state, 0.0) + max(0.0, now - self._entered_at)
         return Statistics(
-            state=str(self.state), reason=self._reason, attempts=self.attempts,
+            state=str(self.state), reason=self._state_reason, attempts=self.attempts,
             reconnects=self.reconnects, failures=self._failures, last_rtt=self.last_rtt,
             outbox_depth=len(self.outbox), outbox_inflight=self.outbox.inflight,
             time_in_state=time_in, stall_excused=self._excused,
@@ -438,7 +440,7 @@ class Lifecycle:
             self.perform(Transmit(tuple(self.outbox.take(track=True))))
 
     def refuse_message(self, _: EventData) -> None:
-        raise LinkClosedError(f"cannot send: the link is {self.state} ({self._reason})")
+        raise LinkClosedError(f"cannot send: the link is {self.state} ({self._state_reason})")
 
     def settle_written(self, event_data: EventData) -> None:
         event = _event(event_data)
@@ -479,6 +481,7 @@ class Lifecycle:
             return
         self._time_in[old] = self._time_in.get(old, 0.0) + (self._now - self._entered_at)
         self._entered_at = self._now
+        self._state_reason = self._reason
         change = StateChange(old=str(old), new=str(self.state), reason=self._reason, at=self._now)
         self.perform(NotifyStateChange(change))
 

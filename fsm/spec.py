@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +39,11 @@ from fsm.states import TAG_NAMES, State, Tags
 __all__ = ["DEFAULT_SPEC", "Row", "Spec", "emit"]
 
 Row = dict[str, Any]
+
+# transitions logs every callback of every event at INFO: thousands of lines a second
+# across many links. Keep it to warnings unless the user turns it back up.
+if logging.getLogger("transitions").level == logging.NOTSET:
+    logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
 class _Machine(Machine):

@@ -1,0 +1,691 @@
+"""The asyncio driver: a :class:`Link` runs one :class:`fsm.Lifecycle` over real I/O.
+
+The driver translates; the core decides (websockets' ``keepalive()`` is the model). It
+reports what happened (a dial finished, a frame arrived, a timer fired) to the core with
+``loop.time()`` as ``now``, performs the actions the core returns, and sleeps until
+``next_deadline()``. Every call into the core is synchronous and happens on the loop's
+thread, so actions are performed in order and no event is ever handled twice at once.
+
+Each transport gets a *generation* number; the tasks that serve it (dial, reader,
+writer, probes) carry it, and whatever they report after the core moved on to another
+transport is dropped. The core never dials while a transport is still held, and the
+driver reports ``TransportReleased`` only after the old transport's tasks are gone, so
+there is at most one transport per link and nothing leaks.
+
+A late timer is not evidence against the peer: when the deadline timer fires, the
+driver first yields to the loop and reads whatever the transport already buffered, and
+only then tells the core the time. An agent runtime that blocked the loop for ten
+seconds gets its peer's frames counted before anyone is declared dead.
+
+Plain mode (``session=False``) guarantees, with any WebSocket server: the link's state
+never claims ``online`` for a peer silent longer than ``interval + timeout``; it
+reconnects forever (or until ``backoff.budget``) with jittered backoff; the rebuild hooks
+run on every new connection before queued messages flow; messages sent while the link
+is not live wait in the bounded outbox and go out after the rebuild, in order, once
+each; messages the transport had not yet written when it died are sent again on the
+next connection; on close or failure, everything not written is handed back. Plain mode
+never writes a message twice, so the server sees each at most once. What it cannot
+promise: a message written into a socket that then died may be lost, because nothing
+tells the client whether the server read it. Use ``session=True`` (sequence numbers and
+acknowledgements) for exactly-once delivery.
+
+Logging follows websockets' arrows on the ``tether.link`` logger: ``>`` sent, ``<``
+received, ``=`` state change, ``!`` error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from adapters.transport import Dialer, Frame, Transport
+from fsm import (
+    AbortTransport,
+    Action,
+    Backoff,
+    CloseTransport,
+    Deliver,
+    Envelope,
+    HandBack,
+    Heartbeat,
+    Lifecycle,
+    NotifyStateChange,
+    OpenTransport,
+    Outbox,
+    Overflow,
+    RunRebuild,
+    SendPing,
+    Spec,
+    State,
+    StateChange,
+    Transmit,
+)
+from fsm.errors import (
+    Broken,
+    LinkClosedError,
+    RebuildError,
+    RequestTimeout,
+    TetherError,
+    TransportError,
+)
+from fsm.events import (
+    CloseRequested,
+    Connected,
+    ConnectFailed,
+    DeadlineReached,
+    Event,
+    MessageReceived,
+    MessagesWritten,
+    PongReceived,
+    RebuildFailed,
+    Rebuilt,
+    SendRequested,
+    Started,
+    TransportLost,
+    TransportReleased,
+)
+from fsm.lifecycle import DEFAULT_HANDSHAKE_TIMEOUT
+from fsm.outbox import DEFAULT_LIMIT
+from fsm.spec import DEFAULT_SPEC
+
+__all__ = ["Headers", "Link", "LinkFailed", "RebuildHook", "Undelivered"]
+
+logger = logging.getLogger("tether.link")
+
+RebuildHook: TypeAlias = Callable[["Link"], Awaitable[None]]
+Headers: TypeAlias = (
+    Mapping[str, str]
+    | Callable[[], Mapping[str, str]]
+    | Callable[[], Awaitable[Mapping[str, str]]]
+)
+ActionHandler: TypeAlias = Callable[["Link", Action], Awaitable[Event | None]]
+Correlate: TypeAlias = Callable[[Any], str | None]
+
+# Set inside the rebuild task: sends made by a rebuild hook go out at once, ahead of the
+# outbox, on the transport being rebuilt.
+_rebuilding: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "tether_rebuilding", default=None
+)
+
+
+class LinkFailed(TetherError):
+    """The link is FAILED: a fatal error or an exhausted retry budget. ``reason`` says why."""
+
+    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+        super().__init__(f"link failed: {reason}")
+        self.reason = reason
+        self.__cause__ = cause
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """A message the link gives back: it was not written to any transport."""
+
+    payload: Any
+    reason: str
+
+
+def _reply_to(message: Any) -> str | None:
+    """Default request correlation: a dict response names its request in ``reply_to``."""
+    if isinstance(message, dict):
+        value = message.get("reply_to")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def encode(payload: Any) -> Frame:
+    """Plain-mode encoding: ``str`` and ``bytes`` go as they are, anything else as JSON."""
+    if isinstance(payload, str | bytes):
+        return payload
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def decode(frame: Frame) -> Any:
+    """Plain-mode decoding: JSON text becomes objects; anything else is delivered raw."""
+    if isinstance(frame, str):
+        try:
+            return json.loads(frame)
+        except ValueError:
+            return frame
+    return frame
+
+
+class _Pending:
+    """A request waiting for its response, re-sent on every new connection."""
+
+    __slots__ = ("future", "id", "payload", "sent_on")
+
+    def __init__(self, request_id: str, payload: Any, future: asyncio.Future[Any]) -> None:
+        self.id, self.payload, self.future = request_id, payload, future
+        self.sent_on = -1  # generation of the transport it was last written to
+
+
+class Link:
+    """One resilient link to a peer. Build it with :func:`adapters.websocket.connect`."""
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        *,
+        heartbeat: Heartbeat | None = None,
+        backoff: Backoff | None = None,
+        session: bool = False,
+        on_rebuild: RebuildHook | Sequence[RebuildHook] | None = None,
+        headers: Headers | None = None,
+        outbox_limit: int = DEFAULT_LIMIT,
+        overflow: Overflow = Overflow.RAISE,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        close_timeout: float = 2.0,
+        spec: Spec = DEFAULT_SPEC,
+        on_action: Mapping[type[Action], ActionHandler] | None = None,
+        correlate: Correlate = _reply_to,
+        rng: random.Random | None = None,
+        name: str = "link",
+    ) -> None:
+        if session:
+            raise NotImplementedError("session mode lands with the session protocol")
+        self.name = name
+        self._dialer = dialer
+        self._headers = headers
+        self._hooks: list[RebuildHook] = (
+            [] if on_rebuild is None
+            else [on_rebuild] if callable(on_rebuild) else list(on_rebuild)
+        )
+        self._on_action = dict(on_action or {})
+        self._correlate = correlate
+        self._close_timeout = close_timeout
+        self._rng = rng or random.Random(secrets.randbits(64))
+        self._core = Lifecycle(
+            rand=self._rng.random,
+            heartbeat=heartbeat,
+            backoff=backoff,
+            outbox=Outbox(outbox_limit, overflow),
+            spec=spec,
+            session=session,
+            handshake_timeout=handshake_timeout,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._transport: Transport | None = None
+        self._tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self._reapers: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writes: deque[tuple[Frame, int | None]] = deque()
+        self._write_ready = asyncio.Event()
+        self._inbound: asyncio.Queue[Any] = asyncio.Queue()
+        self._listeners: list[Callable[[StateChange], object]] = []
+        self._waiters: list[tuple[str, asyncio.Future[None]]] = []
+        self._undelivered: list[Undelivered] = []
+        self._undelivered_listeners: list[Callable[[Undelivered], object]] = []
+        self._pending: dict[str, _Pending] = {}
+        self._released = asyncio.Event()
+        self._released.set()
+        self._ended = asyncio.Event()  # set on entering a final state
+        self._settled = asyncio.Event()  # set whenever the outbox empties
+
+    def __repr__(self) -> str:
+        return f"Link(name={self.name!r}, state={self.state!r})"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The current state: a :class:`fsm.State` member, or a custom state's name."""
+        try:
+            return State(self._core.state)
+        except ValueError:
+            return self._core.state
+
+    @property
+    def reason(self) -> str:
+        """Why the link is in its current state."""
+        return self._core.reason
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The core, for inspection (tests, dashboards). Do not feed it events."""
+        return self._core
+
+    def statistics(self) -> dict[str, Any]:
+        """Reconnects, attempts, time in each state, last round-trip time, outbox depth."""
+        stats = dict(self._core.statistics(self._now()))
+        stats["undelivered"] = len(self._undelivered)
+        stats["pending_requests"] = len(self._pending)
+        return stats
+
+    def on_state_change(self, callback: Callable[[StateChange], object]) -> Callable[[], None]:
+        """Call ``callback(change)`` on every change (``change.old``, ``.new``, ``.reason``).
+        Returns a function that unsubscribes. A callback that raises is logged."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def on_undelivered(self, callback: Callable[[Undelivered], object]) -> None:
+        """Call ``callback(item)`` for each message handed back (overflow, close, failure)."""
+        self._undelivered_listeners.append(callback)
+
+    def undelivered(self) -> list[Undelivered]:
+        """Every message handed back so far, oldest first (also returned by ``close()``)."""
+        return list(self._undelivered)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start dialing. Returns at once; use :meth:`wait_for` to wait for ONLINE."""
+        self._loop = asyncio.get_running_loop()
+        self._feed(Started())
+
+    async def close(self, *, drain: float | bool = False) -> list[Undelivered]:
+        """Close the link and return every message that was not delivered.
+
+        ``drain``: wait up to that many seconds (``True``: ``close_timeout``) for queued
+        messages to be written before closing. Safe to call twice.
+        """
+        if drain and not self._core.tags.final:
+            limit = self._close_timeout if drain is True else float(drain)
+            try:
+                await asyncio.wait_for(self._drained(), limit)
+            except TimeoutError:
+                logger.info("%s: close: %d messages not drained in %.1f s", self.name,
+                            len(self._core.outbox), limit)
+        if not self._core.tags.final:
+            self._feed(CloseRequested())
+        await self._released.wait()
+        if self._reapers:
+            await asyncio.gather(*self._reapers, return_exceptions=True)
+        self._cancel_timer()
+        return list(self._undelivered)
+
+    async def __aenter__(self) -> Link:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_for(self, state: str, timeout: float | None = None) -> None:
+        """Wait until the link is in ``state``. Raises :class:`TimeoutError` naming the
+        state it is in instead, or :class:`LinkFailed` / :class:`LinkClosedError` if the
+        link ends in another final state first."""
+        if self._core.state == state:
+            return
+        self._check_final(state)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (str(state), future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.name} did not reach {state} within {timeout} s; it is "
+                f"{self.state} ({self.reason})"
+            ) from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    # -- sending and receiving -------------------------------------------------------------
+
+    async def send(self, payload: Any) -> None:
+        """Queue ``payload`` for delivery; it goes out as soon as the link is live.
+
+        Inside a rebuild hook, the message is written at once on the new connection,
+        ahead of everything queued. Raises :class:`LinkClosedError` on a closed or failed
+        link and :class:`fsm.errors.OutboxFull` when the outbox is full (policy
+        ``raise``).
+        """
+        generation = _rebuilding.get()
+        if generation is not None and generation == self._generation:
+            self._write(encode(payload), None)
+            return
+        self._feed(SendRequested(payload))
+
+    async def request(self, payload: dict[str, Any], *, id: str | None = None,
+                      timeout: float = 30.0) -> Any:
+        """Send ``payload`` with an ``id`` and wait for the response carrying that id
+        (``reply_to`` by default). The request survives reconnects: it is re-sent after
+        every rebuild until answered. Raises :class:`RequestTimeout` after ``timeout``."""
+        if self._core.tags.final:
+            raise LinkClosedError(f"cannot request: the link is {self.state} ({self.reason})")
+        request_id = id if id is not None else secrets.token_hex(8)
+        if request_id in self._pending:
+            raise ValueError(f"a request with id {request_id!r} is already pending")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = _Pending(request_id, {**payload, "id": request_id}, future)
+        self._pending[request_id] = pending
+        try:
+            if self._core.tags.live:
+                self._send_request(pending)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"request {request_id!r} got no response in {timeout} s; the link is "
+                f"{self.state} ({self.reason}) after {self._core.reconnects} reconnects"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        while True:
+            if self._inbound.empty() and self._core.tags.final:
+                self._check_final(None)
+                return
+            getter = asyncio.ensure_future(self._inbound.get())
+            ended = asyncio.ensure_future(self._ended.wait())
+            try:
+                done, _ = await asyncio.wait({getter, ended},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter in done:
+                yield getter.result()
+
+    async def receive(self) -> Any:
+        """The next message from the peer (same as one step of ``async for``)."""
+        async for message in self:
+            return message
+        raise LinkClosedError(f"the link is {self.state} ({self.reason})")
+
+    # -- the engine --------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    def _feed(self, event: Event, generation: int | None = None) -> None:
+        """Report ``event`` to the core and perform its actions. ``generation`` names the
+        transport the event came from; events from a transport already dropped are
+        stale and ignored."""
+        if generation is not None and generation != self._generation:
+            logger.debug("%s: dropped %s from old transport #%d", self.name,
+                         type(event).__name__, generation)
+            return
+        actions = self._core.handle(event, self._now())
+        for action in actions:
+            self._perform(action)
+        if not len(self._core.outbox) or self._core.tags.final:
+            self._settled.set()
+        if self._core.tags.final:
+            self._ended.set()
+        self._arm_timer()
+
+    def _perform(self, action: Action) -> None:
+        if isinstance(action, OpenTransport):
+            self._generation += 1
+            self._released.clear()
+            self._spawn(self._dial(self._generation, action.attempt))
+        elif isinstance(action, Transmit):
+            for envelope in action.envelopes:
+                self._write(encode(envelope.payload), envelope.seq)
+        elif isinstance(action, SendPing):
+            self._spawn(self._probe(self._generation))
+        elif isinstance(action, Deliver):
+            self._deliver(action.payload)
+        elif isinstance(action, RunRebuild):
+            self._spawn(self._rebuild(self._generation, action.reason))
+        elif isinstance(action, AbortTransport | CloseTransport):
+            self._drop_transport(action.reason, polite=isinstance(action, CloseTransport))
+        elif isinstance(action, HandBack):
+            self._hand_back(action.envelopes, action.reason)
+        elif isinstance(action, NotifyStateChange):
+            self._announce(action.change)
+        elif type(action) in self._on_action:
+            self._spawn(self._custom(self._generation, action))
+        else:
+            logger.error("! %s: no handler for action %r; pass on_action={%s: ...}",
+                         self.name, action, type(action).__name__)
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        deadline = self._core.next_deadline()
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._timer_fired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._spawn_detached(self._deadline_reached(self._generation))
+
+    async def _deadline_reached(self, generation: int) -> None:
+        # A late timer is not evidence against the peer: let the reader run and take
+        # whatever is already buffered before the core sees the time.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        transport = self._transport
+        while transport is not None and generation == self._generation:
+            frame = transport.receive_nowait()
+            if frame is None:
+                break
+            self._received(frame, generation)
+        self._feed(DeadlineReached())
+
+    # -- tasks per transport -----------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.setdefault(self._generation, set()).add(task)
+        task.add_done_callback(self._task_done)
+
+    def _spawn_detached(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        for tasks in self._tasks.values():
+            tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("! %s: task crashed", self.name, exc_info=task.exception())
+
+    async def _dial(self, generation: int, attempt: int) -> None:
+        try:
+            headers = await self._resolve_headers()
+            transport = await self._dialer.dial(headers)
+        except TransportError as error:
+            logger.info("! %s: dial #%d failed: %s", self.name, attempt, error)
+            self._feed(ConnectFailed(error), generation)
+            return
+        except Exception as error:  # a bug in a headers callable or dialer
+            logger.exception("! %s: dial #%d raised", self.name, attempt)
+            self._feed(ConnectFailed(Broken(f"dial raised {error!r}")), generation)
+            return
+        if generation != self._generation:  # aborted while dialing
+            transport.abort()
+            return
+        self._transport = transport
+        self._spawn(self._reader(generation, transport))
+        self._spawn(self._writer(generation, transport))
+        logger.debug("= %s: transport #%d open", self.name, generation)
+        self._feed(Connected(), generation)
+
+    async def _resolve_headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            return {}
+        if callable(self._headers):
+            value = self._headers()
+            if isinstance(value, Awaitable):
+                return await value
+            return value
+        return self._headers
+
+    async def _reader(self, generation: int, transport: Transport) -> None:
+        while True:
+            try:
+                frame = await transport.receive()
+            except TransportError as error:
+                logger.info("! %s: transport #%d lost: %s", self.name, generation, error)
+                self._feed(TransportLost(error), generation)
+                return
+            self._received(frame, generation)
+
+    def _received(self, frame: Frame, generation: int) -> None:
+        logger.debug("< %s: %r", self.name, frame[:200])
+        self._feed(MessageReceived(decode(frame)), generation)
+
+    async def _writer(self, generation: int, transport: Transport) -> None:
+        while True:
+            while not self._writes:
+                self._write_ready.clear()
+                await self._write_ready.wait()
+            frame, seq = self._writes[0]
+            try:
+                await transport.send(frame)
+            except TransportError as error:
+                self._feed(TransportLost(error), generation)
+                return
+            self._writes.popleft()
+            logger.debug("> %s: %r", self.name, frame[:200])
+            if seq is not None:
+                self._feed(MessagesWritten(upto=seq), generation)
+
+    def _write(self, frame: Frame, seq: int | None) -> None:
+        self._writes.append((frame, seq))
+        self._write_ready.set()
+
+    async def _probe(self, generation: int) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        try:
+            pong = await transport.ping()
+            rtt = await pong
+        except TransportError:
+            return  # the reader reports the loss
+        self._feed(PongReceived(rtt=rtt), generation)
+
+    async def _rebuild(self, generation: int, reason: str) -> None:
+        _rebuilding.set(generation)
+        try:
+            for hook in self._hooks:
+                await hook(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.exception("! %s: rebuild hook %r raised", self.name, hook)
+            failure = RebuildError(f"rebuild hook {getattr(hook, '__name__', hook)} raised "
+                                   f"{error!r} ({reason})")
+            failure.__cause__ = error
+            self._feed(RebuildFailed(failure), generation)
+            return
+        for pending in list(self._pending.values()):
+            self._send_request(pending)
+        self._feed(Rebuilt(), generation)
+
+    async def _custom(self, generation: int, action: Action) -> None:
+        handler = self._on_action[type(action)]
+        try:
+            event = await handler(self, action)
+        except Exception:
+            logger.exception("! %s: handler for %r raised", self.name, action)
+            return
+        if event is not None:
+            self._feed(event, generation)
+
+    def _drop_transport(self, reason: str, *, polite: bool) -> None:
+        generation, transport = self._generation, self._transport
+        self._transport = None
+        self._writes.clear()
+        tasks = self._tasks.pop(generation, set())
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if transport is not None and not polite:
+            transport.abort()
+        logger.info("! %s: dropping transport #%d: %s", self.name, generation, reason)
+        self._spawn_detached(self._release(generation, transport, tasks, polite))
+
+    async def _release(self, generation: int, transport: Transport | None,
+                       tasks: set[asyncio.Task[Any]], polite: bool) -> None:
+        if transport is not None and polite:
+            with contextlib.suppress(TimeoutError, TransportError):
+                await asyncio.wait_for(transport.close(), self._close_timeout)
+            transport.abort()
+        others = [t for t in tasks if t is not asyncio.current_task()]
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+        if generation == self._generation:
+            self._feed(TransportReleased())
+            self._released.set()
+
+    # -- delivering to the user ----------------------------------------------------------------
+
+    def _deliver(self, payload: Any) -> None:
+        request_id = self._correlate(payload)
+        if request_id is not None and request_id in self._pending:
+            future = self._pending[request_id].future
+            if not future.done():
+                future.set_result(payload)
+            return
+        self._inbound.put_nowait(payload)
+
+    def _send_request(self, pending: _Pending) -> None:
+        if pending.sent_on == self._generation or self._transport is None:
+            return
+        pending.sent_on = self._generation
+        self._write(encode(pending.payload), None)
+
+    def _hand_back(self, envelopes: tuple[Envelope, ...], reason: str) -> None:
+        for envelope in envelopes:
+            item = Undelivered(envelope.payload, reason)
+            self._undelivered.append(item)
+            for callback in self._undelivered_listeners:
+                self._call_safely(callback, item)
+
+    def _announce(self, change: StateChange) -> None:
+        level = logging.WARNING if change.new in (State.STALE, State.FAILED) else logging.INFO
+        logger.log(level, "= %s: %s -> %s: %s", self.name, change.old, change.new,
+                   change.reason)
+        for callback in list(self._listeners):
+            self._call_safely(callback, change)
+        for state, future in list(self._waiters):
+            if future.done():
+                continue
+            if state == change.new:
+                future.set_result(None)
+            elif self._core.tags.final:
+                future.set_exception(self._final_error())
+        if self._core.tags.final:
+            for pending in self._pending.values():
+                if not pending.future.done():
+                    pending.future.set_exception(self._final_error())
+                    pending.future.exception()  # retrieved: the awaiting request re-raises
+
+    def _call_safely(self, callback: Callable[[Any], object], argument: Any) -> None:
+        try:
+            callback(argument)
+        except Exception:
+            logger.exception("! %s: callback %r raised; the link carries on", self.name,
+                             callback)
+
+    def _final_error(self) -> TetherError:
+        if self._core.state == State.FAILED:
+            return LinkFailed(self.reason, self._core.last_error)
+        return LinkClosedError(f"the link is {self.state} ({self.reason})")
+
+    def _check_final(self, wanted: str | None) -> None:
+        if self._core.tags.final and self._core.state != wanted:
+            if self._core.state == State.CLOSED and wanted is None:
+                return
+            raise self._final_error()
+
+    async def _drained(self) -> None:
+        while len(self._core.outbox) and not self._core.tags.final:
+            self._settled.clear()
+            await self._settled.wait()
+
