@@ -219,6 +219,7 @@ class Link:
         self._tasks: dict[int, set[asyncio.Task[Any]]] = {}
         self._reapers: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_now = 0.0
         self._writes: deque[tuple[Frame, int | None]] = deque()
         self._write_ready = asyncio.Event()
         self._inbound: asyncio.Queue[Any] = asyncio.Queue()
@@ -402,17 +403,26 @@ class Link:
     # -- the engine --------------------------------------------------------------------------
 
     def _now(self) -> float:
-        return (self._loop or asyncio.get_running_loop()).time()
+        # asyncio runs a timer up to one clock resolution *before* its deadline; the
+        # deadline path reports the deadline itself, so never report less than that.
+        now = max((self._loop or asyncio.get_running_loop()).time(), self._last_now)
+        self._last_now = now
+        return now
 
-    def _feed(self, event: Event, generation: int | None = None) -> None:
+    def _feed(self, event: Event, generation: int | None = None, *,
+              at_least: float = 0.0) -> None:
         """Report ``event`` to the core and perform its actions. ``generation`` names the
         transport the event came from; events from a transport already dropped are
-        stale and ignored."""
+        stale and ignored. ``at_least``: the time is no earlier than this (a deadline)."""
         if generation is not None and generation != self._generation:
             logger.debug("%s: dropped %s from old transport #%d", self.name,
                          type(event).__name__, generation)
             return
-        actions = self._core.handle(event, self._now())
+        self._last_now = max(self._last_now, at_least)
+        try:
+            actions = self._core.handle(event, self._now())
+        finally:
+            self._arm_timer()  # even when the event was refused: deadlines may be due
         for action in actions:
             self._perform(action)
         if not len(self._core.outbox) or self._core.tags.final:
@@ -451,18 +461,18 @@ class Link:
         self._cancel_timer()
         deadline = self._core.next_deadline()
         if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
+            self._timer = self._loop.call_at(deadline, self._timer_fired, deadline)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _timer_fired(self) -> None:
+    def _timer_fired(self, deadline: float) -> None:
         self._timer = None
-        self._spawn_detached(self._deadline_reached(self._generation))
+        self._spawn_detached(self._deadline_reached(self._generation, deadline))
 
-    async def _deadline_reached(self, generation: int) -> None:
+    async def _deadline_reached(self, generation: int, deadline: float) -> None:
         # A late timer is not evidence against the peer: let the reader run and take
         # whatever is already buffered before the core sees the time.
         for _ in range(3):
@@ -473,7 +483,7 @@ class Link:
             if frame is None:
                 break
             self._received(frame, generation)
-        self._feed(DeadlineReached())
+        self._feed(DeadlineReached(), at_least=deadline)
 
     # -- tasks per transport -----------------------------------------------------------------
 
@@ -499,11 +509,11 @@ class Link:
             transport = await self._dialer.dial(headers)
         except TransportError as error:
             logger.info("! %s: dial #%d failed: %s", self.name, attempt, error)
-            self._feed(ConnectFailed(error), generation)
+            self._dial_failed(ConnectFailed(error), generation)
             return
         except Exception as error:  # a bug in a headers callable or dialer
             logger.exception("! %s: dial #%d raised", self.name, attempt)
-            self._feed(ConnectFailed(Broken(f"dial raised {error!r}")), generation)
+            self._dial_failed(ConnectFailed(Broken(f"dial raised {error!r}")), generation)
             return
         if generation != self._generation:  # aborted while dialing
             transport.abort()
@@ -513,6 +523,11 @@ class Link:
         self._spawn(self._writer(generation, transport))
         logger.debug("= %s: transport #%d open", self.name, generation)
         self._feed(Connected(), generation)
+
+    def _dial_failed(self, event: ConnectFailed, generation: int) -> None:
+        if generation == self._generation:
+            self._released.set()  # nothing was opened, so nothing is held
+        self._feed(event, generation)
 
     async def _resolve_headers(self) -> Mapping[str, str]:
         if self._headers is None:

@@ -52,11 +52,11 @@ class Backoff:
             raise ValueError(
                 f"Backoff.cap ({self.cap!r}) must be >= Backoff.initial ({self.initial!r})"
             )
-        if self.grace < 0:
+        if not self.grace >= 0:
             raise ValueError(f"Backoff.grace must be >= 0 s, got {self.grace!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"Backoff.budget must be None or >= 1, got {self.budget!r}")
-        if self.max_retry_after < 0:
+        if not self.max_retry_after >= 0:
             raise ValueError(f"Backoff.max_retry_after must be >= 0, got {self.max_retry_after!r}")
 
     def ceiling(self, attempt: int) -> float:

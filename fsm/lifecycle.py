@@ -129,8 +129,8 @@ class Lifecycle:
         "_rand",
         "_reason",
         "_rebuilding",
-        "_state_reason",
         "_retry_after",
+        "_state_reason",
         "_time_in",
         "_transport",
         "attempts",
@@ -218,7 +218,16 @@ class Lifecycle:
         return actions
 
     def next_deadline(self) -> float | None:
-        """When the core must next be woken (absolute, on the caller's clock), or None."""
+        """When the core must next be woken (absolute, on the caller's clock), or None.
+
+        If an event raised (a refused send) after due deadlines had fired, their actions
+        are still queued: the answer is then "now", so the driver collects them at once.
+        """
+        if self._actions:
+            return self._now
+        return self._next_timer()
+
+    def _next_timer(self) -> float | None:
         if self._transport == "closing" or self.tags.final:
             return None
         if self.tags.live:
@@ -287,12 +296,12 @@ class Lifecycle:
     def _fire_due_deadlines(self) -> None:
         # Each firing moves or clears the deadline; the bound guards against a spec bug.
         for _ in range(8):
-            deadline = self.next_deadline()
+            deadline = self._next_timer()
             if deadline is None or deadline > self._now:
                 return
             self._trigger(self._timer_event(deadline))
         raise LocalProtocolError(
-            f"deadline {self.next_deadline()!r} in state {self.state!r} keeps firing; "
+            f"deadline {self._next_timer()!r} in state {self.state!r} keeps firing; "
             f"a custom transition must move or clear it"
         )
 
@@ -464,7 +473,7 @@ class Lifecycle:
         self._dial_at, self._retry_after = self._now + delay, None
 
     def release_everything(self, _: EventData) -> None:
-        if self._transport != "none":
+        if self._transport in ("opening", "open"):  # "closing": its abort is under way
             polite = self.state == State.CLOSED and self._transport == "open"
             self._transport = "closing"
             self.perform(CloseTransport(reason=self._reason) if polite

@@ -95,8 +95,9 @@ class Spec:
         plain = tuple({**row, "name": _plain(row.get("name"))} for row in self.states)
         object.__setattr__(self, "states", plain)
         object.__setattr__(self, "transitions", tuple(
-            {**row, "source": [_plain(s) for s in _listify(row.get("source"))],
-             "dest": _plain(row.get("dest"))} if "source" in row else dict(row)
+            {**row, "source": [_plain(s) for s in _listify(row["source"])],
+             **({"dest": _plain(row["dest"])} if "dest" in row else {})}
+            if "source" in row else dict(row)
             for row in self.transitions))
         object.__setattr__(self, "ignored", {
             _plain(state): tuple(triggers) for state, triggers in self.ignored.items()})
@@ -197,11 +198,9 @@ class Spec:
         for index, row in enumerate(self.transitions):
             missing = {"trigger", "source", "dest"} - set(row)
             if missing:
-                raise SpecError(
-                    f"spec {self.name!r}: transition #{index} {row!r} lacks "
-                    f"{', '.join(sorted(missing))}; every row needs trigger, source and "
-                    f"dest (dest None for an internal transition)"
-                )
+                self._fail(f"transition #{index} {row!r} lacks {', '.join(sorted(missing))}",
+                           "give every row a trigger, a source and a dest (dest None for an "
+                           "internal transition)")
             conditional = bool(_listify(row.get("conditions")) or _listify(row.get("unless")))
             for source in _listify(row["source"]):
                 yield {"trigger": row["trigger"], "source": source, "dest": row["dest"],

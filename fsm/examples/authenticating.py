@@ -68,6 +68,8 @@ outbox consistent.
   is done, and here the handshake includes authentication: the dial's handshake deadline
   (``handshake_timeout``, set when the core dialed) therefore bounds authentication too,
   and :class:`~fsm.events.HandshakeTimedOut` moves the link to ``stale``, which aborts.
+  (For the same reason, a user who closes the link mid-authentication gets the
+  transport aborted rather than closed politely: there is no session to close yet.)
 * ``Authenticated`` runs the core's ``start_rebuild`` as an internal transition
   (``dest: None``): the transport is now open, the rebuild hooks get a fresh
   ``handshake_timeout``, and ``Rebuilt`` then goes ``online`` exactly as it does from
@@ -174,24 +176,26 @@ _TRANSITIONS: list[Row] = [
      "before": "count_failure"},
     {"trigger": "CloseRequested", "source": AUTHENTICATING, "dest": State.CLOSED},
     # -- everything else the state must answer -----------------------------------------
-    {"trigger": "Connected", "source": AUTHENTICATING, "dest": None,
-     "after": "drop_stray_transport"},  # we already hold this link's one transport
     {"trigger": "SendRequested", "source": AUTHENTICATING, "dest": None,
      "after": "accept_message"},  # queued; flows once online
     {"trigger": "MessageReceived", "source": AUTHENTICATING, "dest": None,
      "after": ["note_heard", "deliver_message"]},
     {"trigger": "PongReceived", "source": AUTHENTICATING, "dest": None,
      "after": "note_heard"},
+    {"trigger": "MessagesWritten", "source": AUTHENTICATING, "dest": None,
+     "after": "settle_written"},  # as in the dialing states
     {"trigger": "DeadlineReached", "source": AUTHENTICATING, "dest": None},
 ]
 
 #: Explicit no-ops. The new events mean nothing outside ``authenticating``; the
 #: heartbeat and backoff timers never run in it (it is not live and dials nothing);
-#: ConnectFailed cannot follow Connected; nothing in it releases a transport.
+#: Connected and ConnectFailed cannot follow Connected (a driver has one transport, so
+#: an ``AbortTransport`` for a "stray" one would abort ours: ignore, as ONLINE does);
+#: nothing in it releases a transport.
 _IGNORE: dict[str, list[str]] = {
     **{str(state): list(_NEW_EVENTS) for state in State},
-    AUTHENTICATING: ["Started", "ConnectFailed", "TransportReleased", "SilenceNoticed",
-                     "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed"],
+    AUTHENTICATING: ["Started", "Connected", "ConnectFailed", "TransportReleased",
+                     "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed"],
 }
 
 #: The default lifecycle with an ``authenticating`` step after each fresh connection.

@@ -1,0 +1,174 @@
+"""The bounded outbox: sequence numbers, plain and tracked takes, cumulative acks,
+rewind for replay, drain on close, explicit overflow."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsm.errors import LocalProtocolError, OutboxFull
+from fsm.outbox import DEFAULT_LIMIT, Envelope, Outbox, Overflow
+
+
+def seqs(envelopes: list[Envelope]) -> list[int]:
+    return [e.seq for e in envelopes]
+
+
+def filled(*payloads: str, limit: int = DEFAULT_LIMIT,
+           overflow: Overflow = Overflow.RAISE) -> Outbox:
+    outbox = Outbox(limit=limit, overflow=overflow)
+    for payload in payloads:
+        outbox.push(payload)
+    return outbox
+
+
+def test_sequence_numbers_start_at_one_and_increase() -> None:
+    outbox = Outbox()
+    envelopes = [outbox.push(p)[0] for p in "abc"]
+    assert envelopes == [Envelope(1, "a"), Envelope(2, "b"), Envelope(3, "c")]
+    assert outbox.next_seq == 4
+    assert len(outbox) == outbox.pending == 3
+
+
+def test_sequence_numbers_are_never_reused() -> None:
+    outbox = filled("a", "b")
+    outbox.take(track=False)
+    outbox.drain()
+    assert outbox.push("c")[0].seq == 3
+
+
+def test_take_untracked_forgets() -> None:
+    outbox = filled("a", "b")
+    taken = outbox.take(track=False)
+    assert [(e.seq, e.payload) for e in taken] == [(1, "a"), (2, "b")]
+    assert len(outbox) == 0
+    assert outbox.inflight == 0
+    assert outbox.take(track=False) == []
+
+
+def test_take_tracked_keeps_inflight() -> None:
+    outbox = filled("a", "b")
+    taken = outbox.take(track=True)
+    assert seqs(taken) == [1, 2]
+    assert (outbox.pending, outbox.inflight, len(outbox)) == (0, 2, 2)
+    assert seqs(list(outbox.peek())) == [1, 2]
+
+
+def test_ack_is_cumulative() -> None:
+    outbox = filled("a", "b", "c", "d", "e")
+    outbox.take(track=True)
+    assert seqs(outbox.ack(3)) == [1, 2, 3]
+    assert outbox.inflight == 2
+    assert outbox.ack(2) == []  # already acknowledged: nothing more
+    assert outbox.ack(0) == []
+    assert seqs(outbox.ack(100)) == [4, 5]
+    assert len(outbox) == 0
+
+
+def test_ack_leaves_pending_alone() -> None:
+    outbox = filled("a", "b")
+    outbox.take(track=True)
+    outbox.push("c")
+    assert seqs(outbox.ack(10)) == [1, 2]
+    assert outbox.pending == 1
+    assert seqs(outbox.take(track=False)) == [3]
+
+
+def test_rewind_puts_inflight_in_front_in_order() -> None:
+    outbox = filled("a", "b", "c")
+    outbox.take(track=True)
+    outbox.ack(1)
+    outbox.push("d")
+    outbox.push("e")
+    assert outbox.rewind() == 2
+    assert outbox.inflight == 0
+    assert seqs(outbox.take(track=True)) == [2, 3, 4, 5]
+
+
+def test_rewind_with_nothing_inflight_is_a_no_op() -> None:
+    outbox = filled("a")
+    assert outbox.rewind() == 0
+    assert seqs(outbox.take(track=False)) == [1]
+
+
+def test_drain_returns_everything_in_seq_order() -> None:
+    outbox = filled("a", "b")
+    outbox.take(track=True)  # 1, 2 in flight
+    outbox.push("c")
+    outbox.push("d")  # 3, 4 pending
+    drained = outbox.drain()
+    assert [(e.seq, e.payload) for e in drained] == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
+    assert (len(outbox), outbox.pending, outbox.inflight) == (0, 0, 0)
+    assert outbox.drain() == []
+
+
+def test_overflow_raise_refuses_and_accepts_nothing() -> None:
+    outbox = filled("a", "b", limit=2)
+    with pytest.raises(OutboxFull, match=r"2 of 2 messages") as excinfo:
+        outbox.push("c")
+    assert isinstance(excinfo.value, LocalProtocolError)
+    assert "not accepted" in str(excinfo.value)
+    assert len(outbox) == 2
+    assert outbox.next_seq == 3  # no number was spent on the refused message
+    assert [e.payload for e in outbox.drain()] == ["a", "b"]
+
+
+def test_overflow_counts_inflight_too() -> None:
+    outbox = filled("a", "b", limit=2)
+    outbox.take(track=True)
+    with pytest.raises(OutboxFull, match=r"2 awaiting acknowledgement"):
+        outbox.push("c")
+    outbox.ack(1)
+    assert outbox.push("c")[0].seq == 3
+
+
+def test_overflow_hand_back_evicts_oldest_pending() -> None:
+    outbox = filled("a", "b", limit=2, overflow=Overflow.HAND_BACK)
+    envelope, evicted = outbox.push("c")
+    assert envelope == Envelope(3, "c")
+    assert evicted == [Envelope(1, "a")]
+    assert [e.payload for e in outbox.drain()] == ["b", "c"]
+
+
+def test_overflow_hand_back_never_evicts_inflight() -> None:
+    outbox = filled("a", limit=2, overflow=Overflow.HAND_BACK)
+    outbox.take(track=True)  # 1 in flight
+    outbox.push("b")
+    _, evicted = outbox.push("c")
+    assert evicted == [Envelope(2, "b")]
+    assert outbox.inflight == 1
+    outbox.take(track=True)
+    # Everything is in flight: there is no pending message to hand back, so refuse.
+    with pytest.raises(OutboxFull):
+        outbox.push("d")
+    assert len(outbox) == 2
+
+
+def test_push_below_limit_evicts_nothing() -> None:
+    outbox = Outbox(limit=3, overflow=Overflow.HAND_BACK)
+    assert outbox.push("a")[1] == []
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_must_be_positive(limit: int) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        Outbox(limit=limit)
+
+
+def test_limit_of_one_and_overflow_from_string() -> None:
+    outbox = Outbox(limit=1, overflow="hand_back")  # type: ignore[arg-type]
+    assert outbox.overflow is Overflow.HAND_BACK
+    outbox.push("a")
+    assert outbox.push("b")[1] == [Envelope(1, "a")]
+
+
+def test_unknown_overflow_policy_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        Outbox(overflow="drop")  # type: ignore[arg-type]
+
+
+def test_peek_does_not_remove() -> None:
+    outbox = filled("a", "b")
+    outbox.take(track=True)
+    outbox.push("c")
+    assert seqs(list(outbox.peek())) == [1, 2, 3]
+    assert len(outbox) == 3
