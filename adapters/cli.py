@@ -47,15 +47,15 @@ def _verify(_: argparse.Namespace) -> int:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from adapters import proxy
+    from adapters.proxy import main as proxy_main
 
-    return proxy.main(args.rest)
+    return proxy_main(args.rest)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from adapters import demo
+    from adapters.demo import main as demo_main
 
-    return demo.main(args.rest)
+    return demo_main(args.rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

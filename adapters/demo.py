@@ -1,0 +1,260 @@
+"""``tether demo``: the studio-restart bug, and tether fixing it, on loopback.
+
+A studio (a real subprocess) knows an agent only after it registers, and answers the
+agent's question ("ask") after a short delay, as a user would. Two agents connect:
+
+* a **naive** client, as AgentScope 0.x had it: websockets' own reconnect loop, which
+  re-registers after a reconnect, but whose pending question lived only in the studio
+  that died;
+* **tether**: ``connect(..., on_rebuild=register)`` with ``link.request(...)``.
+
+The studio hangs (SIGSTOP: the socket stays open, nothing answers, a half-open peer)
+while both questions are pending, is killed with SIGKILL, then restarted knowing
+nothing. The demo prints the timeline and checks the outcome: tether notices,
+reconnects, re-registers, re-sends its question, gets the answer, and delivers the chat
+message sent during the outage exactly once; the naive agent is still waiting.
+Exit status 0 when every check holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from adapters.link import Link
+from adapters.websocket import connect
+from fsm import Backoff, Heartbeat, State, StateChange
+
+HEARTBEAT = Heartbeat(interval=0.5, timeout=0.5)
+BACKOFF = Backoff(initial=0.05, cap=0.5, grace=2.0)
+ANSWER_AFTER = 1.0  # the "user" takes a second to answer
+
+
+# -- the studio (runs in a subprocess) ---------------------------------------------------
+
+
+async def _studio(port: int) -> None:
+    agents: set[str] = set()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for raw in ws:
+            message = json.loads(raw)
+            kind = message.get("type")
+            if kind == "register":
+                agents.add(message["agent"])
+                await ws.send(json.dumps({"type": "registered", "agent": message["agent"]}))
+            elif kind == "chat":
+                await ws.send(json.dumps({"type": "chat-received", "n": message["n"]}))
+            elif kind == "ask" and message.get("agent") in agents:
+                answers.add(asyncio.ensure_future(_answer(ws, message)))
+
+    async def _answer(ws: ServerConnection, message: dict[str, Any]) -> None:
+        await asyncio.sleep(ANSWER_AFTER)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps({"reply_to": message["id"], "text": "yes, go on"}))
+
+    answers: set[asyncio.Future[None]] = set()
+
+    async with serve(handler, "127.0.0.1", port, ping_interval=None):
+        print("listening", flush=True)
+        await asyncio.Future()
+
+
+class Studio:
+    """The studio subprocess: start, SIGKILL, restart on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> int:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "adapters.demo", "--studio", str(self.port),
+            stdout=asyncio.subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 10)
+        if line.strip() != b"listening":
+            raise RuntimeError(f"studio did not start: {line!r}")
+        return self.process.pid
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+
+# -- the agents -----------------------------------------------------------------------------
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def at(self) -> float:
+        return time.monotonic() - self.start
+
+    def say(self, who: str, what: str) -> None:
+        print(f"  {self.at():6.2f}s  {who:<8} {what}", flush=True)
+
+
+async def _naive(url: str, timeline: Timeline, outcome: dict[str, Any]) -> None:
+    """AgentScope 0.x style: reconnects and re-registers; the question is asked once."""
+    asked = False
+    async for ws in ws_connect(url, open_timeout=2):
+        try:
+            await ws.send(json.dumps({"type": "register", "agent": "naive"}))
+            if not asked:
+                asked = True
+                await ws.send(json.dumps({"type": "ask", "agent": "naive", "id": "n1"}))
+                timeline.say("naive", "asked the user a question; waiting for the answer")
+            async for raw in ws:
+                if json.loads(raw).get("reply_to") == "n1":
+                    outcome["naive_answer"] = timeline.at()
+                    return
+        except ConnectionClosed:
+            timeline.say("naive", "connection lost; websockets reconnects on its own")
+            continue
+
+
+async def _agent(url: str, timeline: Timeline, outcome: dict[str, Any]) -> Link:
+    rebuilds = 0
+
+    async def register(link: Link) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        await link.send({"type": "register", "agent": "alice"})
+        timeline.say("tether", f"rebuild #{rebuilds}: registered alice with this studio")
+
+    def changed(change: StateChange) -> None:
+        timeline.say("tether", f"{change.old} -> {change.new}: {change.reason}")
+        if change.new == State.STALE:
+            outcome.setdefault("stale_at", timeline.at())
+        if change.new == State.ONLINE and "stale_at" in outcome:
+            outcome.setdefault("online_again_at", timeline.at())
+
+    link = connect(url, heartbeat=HEARTBEAT, backoff=BACKOFF, on_rebuild=register)
+    link.on_state_change(changed)
+    outcome["rebuilds"] = lambda: rebuilds
+    return link
+
+
+async def _demo() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/agents"
+    timeline = Timeline()
+    studio = Studio(port)
+    outcome: dict[str, Any] = {}
+    received: list[Any] = []
+    print("tether demo: the studio dies while an agent waits for the user's answer\n")
+    timeline.say("studio", f"started (pid {await studio.start()}) on {url}")
+
+    naive = asyncio.ensure_future(_naive(url, timeline, outcome))
+    link = await _agent(url, timeline, outcome)
+    try:
+        async with link:
+            await link.wait_for(State.ONLINE, timeout=5)
+
+            async def read() -> None:
+                async for message in link:
+                    received.append(message)
+
+            reader = asyncio.ensure_future(read())
+            await link.send({"type": "chat", "n": 1})
+            question = asyncio.ensure_future(
+                link.request({"type": "ask", "agent": "alice"}, id="q1", timeout=20))
+            timeline.say("tether", "asked the user a question; waiting for the answer")
+            await asyncio.sleep(0.3)
+
+            studio.freeze()
+            frozen_at = timeline.at()
+            timeline.say("studio", "SIGSTOP: the studio hangs with both questions pending")
+            await link.wait_for(State.STALE, timeout=5)
+            await studio.kill()
+            timeline.say("studio", "SIGKILL: the hung studio is killed")
+            await link.send({"type": "chat", "n": 2})
+            timeline.say("tether", f"sent chat #2 during the outage (link is {link.state})")
+            await asyncio.sleep(1.0)
+            restarted_at = timeline.at()
+            timeline.say("studio", f"restarted (pid {await studio.start()}): it knows no agents")
+
+            answer = await question
+            timeline.say("tether", f"the user answered: {answer['text']!r}")
+            await asyncio.sleep(0.3)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            naive_waiting = not naive.done()
+            timeline.say("naive", "still waiting for its answer: the new studio never got "
+                         "the question" if naive_waiting else "got an answer")
+    finally:
+        naive.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await naive
+        await studio.kill()
+
+    return _report(outcome, received, link, answer, naive_waiting,
+                   frozen_at=frozen_at, restarted_at=restarted_at)
+
+
+def _report(outcome: dict[str, Any], received: list[Any], link: Link, answer: Any,
+            naive_waiting: bool, *, frozen_at: float, restarted_at: float) -> int:
+    chats = [m["n"] for m in received if isinstance(m, dict) and m.get("type") == "chat-received"]
+    stats = link.statistics()
+    checks = [
+        ("tether noticed the hung studio", "stale_at" in outcome,
+         f"{outcome.get('stale_at', 0) - frozen_at:.2f} s after it froze (bound: "
+         f"interval + timeout = {HEARTBEAT.bound:.1f} s after the last frame)"),
+        ("tether was online again after the restart", "online_again_at" in outcome,
+         f"{outcome.get('online_again_at', 0) - restarted_at:.2f} s after the restart"),
+        ("the agent re-registered with the new studio", outcome["rebuilds"]() == 2,
+         f"{outcome['rebuilds']()} rebuilds"),
+        ("the pending question was answered", answer.get("reply_to") == "q1", "request q1"),
+        ("chat messages delivered once each, in order", chats == [1, 2], f"studio saw {chats}"),
+        ("the naive agent is stuck (the bug tether fixes)", naive_waiting,
+         "waiting forever" if naive_waiting else "not stuck"),
+    ]
+    print("\nOutcome")
+    for label, ok, detail in checks:
+        print(f"  [{'ok' if ok else 'FAIL'}] {label}: {detail}")
+    print(f"\n  link statistics: reconnects={stats['reconnects']}, attempts={stats['attempts']}, "
+          f"undelivered={stats['undelivered']}, final state={link.state}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tether demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--studio", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.studio is not None:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_studio(args.studio))
+        return 0
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    logging.getLogger("tether").setLevel(logging.ERROR)  # the timeline says it all
+    return asyncio.run(_demo())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
