@@ -14,7 +14,7 @@ Two groups:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fsm.errors import TransportError
@@ -51,6 +51,11 @@ class Event:
     @classmethod
     def trigger(cls) -> str:
         return cls.__name__
+
+    def describe(self) -> str:
+        """How the event reads in a state change's reason: its name and its fields."""
+        details = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({details})" if details else type(self).__name__
 
 
 # -- inputs from the driver -------------------------------------------------------------

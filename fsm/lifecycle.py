@@ -328,7 +328,7 @@ class Lifecycle:
             return f"handshake or rebuild took over {self.handshake_timeout} s"
         if isinstance(event, ConnectFailed | TransportLost | RebuildFailed):
             return self.classify(event.error).reason
-        return _PLAIN_REASONS.get(type(event).__name__, type(event).__name__)
+        return _PLAIN_REASONS.get(type(event).__name__) or event.describe()
 
     # -- table conditions -----------------------------------------------------------------
 

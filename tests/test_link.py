@@ -379,3 +379,38 @@ def test_close_while_recovering_leaves_nothing_behind() -> None:
         await server.aclose()
 
     run(main)
+
+
+def test_custom_spec_authenticating_runs_its_action_through_the_link() -> None:
+    from fsm.actions import Action
+    from fsm.events import Event
+    from fsm.examples.authenticating import (
+        AUTH_SPEC,
+        Authenticate,
+        Authenticated,
+        AuthenticationRejected,
+    )
+
+    async def main() -> None:
+        server = MemoryServer(echo)
+        verdicts = iter([True, False])
+
+        async def authenticate(link: Link, action: Action) -> Event:
+            assert isinstance(action, Authenticate)
+            await link.send({"type": "auth", "token": "t"})  # the auth lane: goes out now
+            return Authenticated() if next(verdicts) else AuthenticationRejected("expired")
+
+        link, _, rec = make(server, spec=AUTH_SPEC, on_action={Authenticate: authenticate})
+        await link.start()
+        await link.wait_for(State.ONLINE, timeout=5)
+        assert rec.states == ["connecting", "authenticating", "online"]
+        server.reset()
+        await link.wait_for(State.STALE, timeout=5)
+        with pytest.raises(LinkFailed, match="expired"):
+            await link.wait_for(State.ONLINE, timeout=5)
+        assert rec.states[-2:] == ["authenticating", "failed"]
+        assert link.reason == "AuthenticationRejected(reason='expired')"
+        await link.close()
+        await server.aclose()
+
+    run(main)
