@@ -438,7 +438,7 @@ class Link:
             self._spawn(self._dial(self._generation, action.attempt))
         elif isinstance(action, Transmit):
             for envelope in action.envelopes:
-                self._write(encode(envelope.payload), envelope.seq)
+                self._write(encode(envelope.payload), envelope.wire)
         elif isinstance(action, SendPing):
             self._spawn(self._probe(self._generation))
         elif isinstance(action, Deliver):

@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "HandshakeTimedOut",
     "MessageReceived",
+    "MessagesAcked",
     "MessagesWritten",
     "PongReceived",
     "ProbeUnanswered",
@@ -70,12 +71,14 @@ class Started(Event):
 class Connected(Event):
     """A transport opened and its handshake finished.
 
-    ``resumed``: the server still held our session (session mode), so nothing needs to be
-    rebuilt. ``epoch``: the server's epoch, when the protocol has one.
+    ``resumed``: the server still held our session (session mode). ``epoch``: the server's
+    epoch, when the protocol has one. ``acked``: the last of our messages the server has
+    (session mode), settled at once.
     """
 
     resumed: bool = False
     epoch: str | None = None
+    acked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +139,18 @@ class TransportReleased(Event):
 
 @dataclass(frozen=True, slots=True)
 class SendRequested(Event):
-    """The user asked to send ``payload``."""
+    """The user asked to send ``payload``. ``urgent``: a rebuild hook sent it, so it goes
+    out at once on the connection being rebuilt, ahead of everything queued."""
 
     payload: Any = field(default=None)
+    urgent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesAcked(Event):
+    """The peer acknowledged every message up to and including ``upto`` (session mode)."""
+
+    upto: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +204,7 @@ INPUT_EVENTS: tuple[type[Event], ...] = (
     MessageReceived,
     PongReceived,
     MessagesWritten,
+    MessagesAcked,
     TransportLost,
     TransportReleased,
     SendRequested,

@@ -73,6 +73,7 @@ from fsm.events import (
     Event,
     HandshakeTimedOut,
     MessageReceived,
+    MessagesAcked,
     MessagesWritten,
     PongReceived,
     ProbeUnanswered,
@@ -117,8 +118,10 @@ class Lifecycle:
     __slots__ = (
         "_actions",
         "_clock_started",
+        "_connected",
         "_dial_at",
         "_entered_at",
+        "_epoch",
         "_excused",
         "_failures",
         "_handshake_deadline",
@@ -129,6 +132,7 @@ class Lifecycle:
         "_rand",
         "_reason",
         "_rebuilding",
+        "_rebuilt_epoch",
         "_retry_after",
         "_state_reason",
         "_time_in",
@@ -176,6 +180,9 @@ class Lifecycle:
         self._clock_started = False
         self._transport = "none"
         self._rebuilding = False
+        self._connected = Connected()  # what the current connection's handshake said
+        self._epoch: str | None = None  # the server epoch of the current connection
+        self._rebuilt_epoch: str | None = None  # the last epoch whose rebuild finished
         self._last_heard = 0.0
         self._probe_deadline: float | None = None
         self._dial_at: float | None = None
@@ -268,6 +275,11 @@ class Lifecycle:
         """Why the link is in its current state (the reason of the last change)."""
         return self._state_reason
 
+    @property
+    def epoch(self) -> str | None:
+        """The server epoch of the current connection (session mode)."""
+        return self._epoch
+
     def statistics(self, now: float | None = None) -> Statistics:
         """Counters for dashboards and tests."""
         now = self._now if now is None else now
@@ -339,8 +351,11 @@ class Lifecycle:
         return self._rebuilding
 
     def is_resumed(self, event_data: EventData) -> bool:
+        """The server kept our session, and this epoch's rebuild already finished: the
+        rebuild hooks ran exactly once for it, so they do not run again."""
         event = _event(event_data)
-        return self.session and isinstance(event, Connected) and event.resumed
+        return (self.session and isinstance(event, Connected) and event.resumed
+                and event.epoch is not None and event.epoch == self._rebuilt_epoch)
 
     def holds_transport(self, _: EventData) -> bool:
         return self._transport in ("opening", "open")
@@ -391,19 +406,45 @@ class Lifecycle:
     def drop_stray_transport(self, _: EventData) -> None:
         self.perform(AbortTransport(reason="a transport opened that the link did not ask for"))
 
+    def note_connected(self, event_data: EventData) -> None:
+        """Remember what ``Connected`` said, for a custom row that starts the rebuild
+        later, on another event (see ``fsm/examples/authenticating.py``)."""
+        event = _event(event_data)
+        assert isinstance(event, Connected)
+        self._connected = event
+
     def start_rebuild(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        if isinstance(event, Connected):
+            self._connected = event
+        event = self._connected
         self._transport, self._rebuilding = "open", True
         self._handshake_deadline = self._now + self.handshake_timeout
-        self._last_heard = self._now
-        why = "new connection" if not self.session else "the server lost the session"
+        self._last_heard, self._epoch = self._now, event.epoch
+        if self.session and event.resumed:
+            # The server kept the session but its rebuild never finished: replay what it
+            # lacks, in order and with the same numbers, then rebuild again.
+            self.outbox.ack(event.acked)
+            replay = self.outbox.take(track=True)
+            if replay:
+                self.perform(Transmit(tuple(replay)))
+            why = f"rebuild for epoch {event.epoch} did not finish; running it again"
+        else:
+            self.outbox.new_session()
+            why = ("new connection" if not self.session
+                   else f"new session (server epoch {event.epoch}): the server lost ours")
         self.perform(RunRebuild(reason=why))
 
     def finish_rebuild(self, _: EventData) -> None:
         self._rebuilding, self._handshake_deadline = False, None
+        self._rebuilt_epoch = self._epoch
 
-    def resume_session(self, _: EventData) -> None:
+    def resume_session(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        assert isinstance(event, Connected)
         self._transport, self._handshake_deadline = "open", None
-        self.outbox.rewind()
+        self._epoch = event.epoch
+        self.outbox.ack(event.acked)  # the rest is replayed as the outbox flows
 
     def flush_outbox(self, event_data: EventData) -> None:
         if _source(event_data) != State.WAITING:
@@ -441,6 +482,9 @@ class Lifecycle:
     def accept_message(self, event_data: EventData) -> None:
         event = _event(event_data)
         assert isinstance(event, SendRequested)
+        if event.urgent and self._rebuilding:
+            self.perform(Transmit((self.outbox.push_urgent(event.payload),)))
+            return
         _, evicted = self.outbox.push(event.payload)
         if evicted:
             self.perform(HandBack(tuple(evicted), reason=(
@@ -454,7 +498,13 @@ class Lifecycle:
     def settle_written(self, event_data: EventData) -> None:
         event = _event(event_data)
         assert isinstance(event, MessagesWritten)
-        if not self.session:
+        if not self.session:  # plain mode: written is as far as we can follow a message
+            self.outbox.ack(event.upto)
+
+    def settle_acked(self, event_data: EventData) -> None:
+        event = _event(event_data)
+        assert isinstance(event, MessagesAcked)
+        if self.session:
             self.outbox.ack(event.upto)
 
     def abort_transport(self, _: EventData) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -38,16 +38,24 @@ class Overflow(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message and its sequence number (1, 2, 3, ... per link)."""
+    """One message: ``seq`` orders it among all the link's messages (1, 2, 3, ...);
+    ``wire`` is its number on the current session's wire, stamped when it is first
+    transmitted and kept for replays within that session (``None`` until then).
+
+    ``urgent`` marks a message a rebuild hook sent: it belongs to the session being
+    rebuilt and is not carried over to a new one (the hook sends it again there).
+    """
 
     seq: int
     payload: Any
+    urgent: bool = False
+    wire: int | None = None
 
 
 class Outbox:
     """Pending and in-flight messages, bounded by ``limit`` together."""
 
-    __slots__ = ("_inflight", "_next_seq", "_pending", "limit", "overflow")
+    __slots__ = ("_inflight", "_next_seq", "_next_wire", "_pending", "limit", "overflow")
 
     def __init__(self, limit: int = DEFAULT_LIMIT, overflow: Overflow = Overflow.RAISE) -> None:
         if limit < 1:
@@ -55,8 +63,9 @@ class Outbox:
         self.limit = limit
         self.overflow = Overflow(overflow)
         self._pending: deque[Envelope] = deque()
-        self._inflight: deque[Envelope] = deque()
+        self._inflight: deque[Envelope] = deque()  # in transmission (wire) order
         self._next_seq = 1
+        self._next_wire = 1
 
     def __repr__(self) -> str:
         return f"Outbox(limit={self.limit}, overflow={self.overflow.value!r})"
@@ -91,27 +100,56 @@ class Outbox:
         self._pending.append(envelope)
         return envelope, evicted
 
+    def push_urgent(self, payload: Any) -> Envelope:
+        """Accept a rebuild hook's message for immediate transmission (in flight at once,
+        stamped with the next wire number). Not bounded by ``limit``: a rebuild sends a
+        handful of messages and must not fail because the outbox is full of the
+        messages waiting for it to finish."""
+        envelope = Envelope(self._next_seq, payload, urgent=True, wire=self._next_wire)
+        self._next_seq += 1
+        self._next_wire += 1
+        self._inflight.append(envelope)
+        return envelope
+
     def take(self, *, track: bool) -> list[Envelope]:
-        """Remove every pending message for transmission; keep them in flight if ``track``."""
-        taken = list(self._pending)
+        """Remove every pending message for transmission, stamping wire numbers on those
+        that have none; keep them in flight (until settled) if ``track``."""
+        taken: list[Envelope] = []
+        for envelope in self._pending:
+            stamped = envelope
+            if envelope.wire is None:
+                stamped = replace(envelope, wire=self._next_wire)
+                self._next_wire += 1
+            taken.append(stamped)
         self._pending.clear()
         if track:
             self._inflight.extend(taken)
         return taken
 
     def ack(self, upto: int) -> list[Envelope]:
-        """The peer has every message up to and including ``upto``; forget them."""
+        """The peer has every message up to and including wire number ``upto``."""
         acked: list[Envelope] = []
-        while self._inflight and self._inflight[0].seq <= upto:
+        while self._inflight and (self._inflight[0].wire or 0) <= upto:
             acked.append(self._inflight.popleft())
         return acked
 
     def rewind(self) -> int:
-        """Put unacknowledged messages back in front of the pending ones, for replay."""
+        """Put unsettled messages back in front of the pending ones, keeping their wire
+        numbers, for replay on the same session."""
         count = len(self._inflight)
         self._pending.extendleft(reversed(self._inflight))
         self._inflight.clear()
         return count
+
+    def new_session(self) -> list[Envelope]:
+        """A new session numbers its wire from 1: every held message loses its wire
+        number and waits, in order; the rebuild messages of the old session are dropped
+        (the rebuild sends them again) and returned."""
+        held = sorted([*self._inflight, *self._pending], key=lambda e: e.seq)
+        self._inflight.clear()
+        self._pending = deque(replace(e, wire=None) for e in held if not e.urgent)
+        self._next_wire = 1
+        return [e for e in held if e.urgent]
 
     def drain(self) -> list[Envelope]:
         """Remove and return every undelivered message, oldest first."""

@@ -94,6 +94,8 @@ TRANSITIONS: list[dict[str, Any]] = [
      "after": "note_heard"},
     {"trigger": "MessagesWritten", "source": [*LIVE, *DIALING, STALE], "dest": None,
      "after": "settle_written"},
+    {"trigger": "MessagesAcked", "source": [*LIVE, *DIALING, STALE], "dest": None,
+     "after": "settle_acked"},
     {"trigger": "SilenceNoticed", "source": ONLINE, "dest": WAITING},
     {"trigger": "TimerFiredLate", "source": ONLINE, "dest": WAITING},
     {"trigger": "TimerFiredLate", "source": WAITING, "dest": None, "after": "send_probe"},
@@ -119,7 +121,7 @@ TRANSITIONS: list[dict[str, Any]] = [
 IGNORED: dict[str, list[str]] = {
     # Nothing has been dialed yet, so nothing can come back from a transport.
     IDLE: ["Connected", "ConnectFailed", "Rebuilt", "RebuildFailed", "MessageReceived",
-           "MessagesWritten",
+           "MessagesWritten", "MessagesAcked",
            "PongReceived", "TransportLost", "TransportReleased", "SilenceNoticed",
            "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed", "HandshakeTimedOut"],
     CONNECTING: ["Started", "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate",
@@ -136,11 +138,13 @@ IGNORED: dict[str, list[str]] = {
             "TimerFiredLate", "BackoffElapsed", "HandshakeTimedOut"],
     # Final: nothing moves the link any more.
     CLOSED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
-             "RebuildFailed", "MessageReceived", "MessagesWritten", "PongReceived", "TransportLost",
+             "RebuildFailed", "MessageReceived", "MessagesWritten",
+             "MessagesAcked", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",
              "HandshakeTimedOut"],
     FAILED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
-             "RebuildFailed", "MessageReceived", "MessagesWritten", "PongReceived", "TransportLost",
+             "RebuildFailed", "MessageReceived", "MessagesWritten",
+             "MessagesAcked", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",
              "HandshakeTimedOut"],
 }

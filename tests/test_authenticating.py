@@ -165,7 +165,7 @@ def test_full_flow_authenticates_then_rebuilds_then_flushes() -> None:
     assert lc.transport == "open"
     assert lc.next_deadline() == 1.0 + TIMEOUT  # the rebuild gets its own timeout
     assert lc.handle(Rebuilt(), 1.25) == [
-        Transmit((Envelope(1, "a"), Envelope(2, "b"))),
+        Transmit((Envelope(1, "a", wire=1), Envelope(2, "b", wire=2))),
         notify(AUTHENTICATING, "online", "rebuild hooks finished; session ready", 1.25),
     ]
     assert lc.state == State.ONLINE
@@ -223,8 +223,17 @@ def test_every_reconnect_authenticates_again() -> None:
 def test_resumed_session_skips_authentication() -> None:
     lc = make(session=True)
     lc.handle(Started(), 0.0)
-    actions = lc.handle(Connected(resumed=True), 0.25)
-    assert changes(actions) == [("connecting", "online")]
+    lc.handle(Connected(epoch="E1"), 0.25)
+    lc.handle(Authenticated(), 0.5)
+    lc.handle(Rebuilt(), 0.75)
+    assert lc.state == State.ONLINE
+    lc.handle(TransportLost(Broken("reset")), 1.0)
+    lc.handle(TransportReleased(), 1.0)
+    deadline = lc.next_deadline()
+    assert deadline is not None
+    lc.handle(DeadlineReached(), deadline)
+    actions = lc.handle(Connected(resumed=True, epoch="E1"), deadline + 0.25)
+    assert changes(actions) == [("recovering", "online")]
     assert Authenticate() not in actions
 
 

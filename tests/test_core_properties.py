@@ -206,7 +206,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The writer task hands ``count`` queued frames to the socket."""
         done, self.socket_buffer = self.socket_buffer[:count], self.socket_buffer[count:]
         self.transmitted += [e.payload for e in done]
-        self.feed(MessagesWritten(upto=done[-1].seq))
+        wire = done[-1].wire
+        assert wire is not None, "transmitted without a wire number"
+        self.feed(MessagesWritten(upto=wire))
 
     @rule(event=st.sampled_from([Connected(), Rebuilt(), TransportReleased(), PongReceived()]))
     def stray(self, event: Event) -> None:

@@ -70,12 +70,20 @@ def without_changes(actions: Sequence[Action]) -> list[Action]:
     return [a for a in actions if not isinstance(a, NotifyStateChange)]
 
 
+def queued(*payloads: str, first: int = 1) -> tuple[Envelope, ...]:
+    """Envelopes never transmitted: no wire number yet."""
+    return tuple(Envelope(first + i, p) for i, p in enumerate(payloads))
+
+
 def notify(old: str, new: str, reason: str, at: float) -> NotifyStateChange:
     return NotifyStateChange(StateChange(old=old, new=new, reason=reason, at=at))
 
 
-def envelopes(*payloads: str, first: int = 1) -> tuple[Envelope, ...]:
-    return tuple(Envelope(first + i, p) for i, p in enumerate(payloads))
+def envelopes(*payloads: str, first: int = 1, wire: int | None = None) -> tuple[Envelope, ...]:
+    """Envelopes as transmitted: ``seq`` from ``first``, wire numbers from ``wire`` (by
+    default the same: a first connection numbers its wire like its messages)."""
+    wire = first if wire is None else wire
+    return tuple(Envelope(first + i, p, wire=wire + i) for i, p in enumerate(payloads))
 
 
 def go_online(lc: Lifecycle, at: float = 0.0) -> float:
@@ -407,7 +415,7 @@ def test_fatal_refusal_fails_and_hands_back_the_outbox() -> None:
     assert "401" in lc.reason
     hand_backs = [a for a in actions if isinstance(a, HandBack)]
     assert len(hand_backs) == 1
-    assert hand_backs[0].envelopes == envelopes("a", "b")
+    assert hand_backs[0].envelopes == queued("a", "b")
     assert "401" in hand_backs[0].reason
     assert changes(actions) == [("connecting", "failed")]
     assert not any(isinstance(a, AbortTransport) for a in actions)  # the dial never opened
@@ -456,7 +464,7 @@ def test_close_hands_back_queued_messages_and_aborts_the_transport() -> None:
     assert lc.state == State.CLOSED
     assert actions == [
         AbortTransport(reason="closed by the user"),
-        HandBack(envelopes("a", "b"), reason="link closed: closed by the user"),
+        HandBack(queued("a", "b"), reason="link closed: closed by the user"),
         notify("connecting", "closed", "closed by the user", 0.5),
     ]
     assert lc.transport == "closing"
@@ -511,7 +519,8 @@ def test_unwritten_messages_are_replayed_on_the_next_transport_in_order() -> Non
     drive.at_deadline()
     drive(Connected(), drive.now + 0.25)
     actions = drive(Rebuilt(), drive.now + 0.25)
-    assert actions[0] == Transmit((Envelope(2, "b"), Envelope(3, "c")))
+    # A new connection numbers its wire from 1 again; the order is kept.
+    assert actions[0] == Transmit((Envelope(2, "b", wire=1), Envelope(3, "c", wire=2)))
 
 
 def test_written_does_not_settle_in_session_mode() -> None:
@@ -573,7 +582,7 @@ def test_resumed_session_goes_online_without_rebuild_and_replays_inflight() -> N
     lc = make(session=True)
     drive = Clocked(lc)
     drive(Started(), 0.0)
-    drive(Connected(), 0.25)
+    drive(Connected(epoch="E1"), 0.25)
     drive(Rebuilt(), 0.5)
     assert drive(SendRequested("a"), 0.75) == [Transmit(envelopes("a"))]
     assert drive(SendRequested("b"), 0.75) == [Transmit(envelopes("b", first=2))]
@@ -583,11 +592,12 @@ def test_resumed_session_goes_online_without_rebuild_and_replays_inflight() -> N
     drive(SendRequested("c"), 1.125)
     drive(TransportReleased(), 1.25)
     assert drive.at_deadline() == [OpenTransport(attempt=2)]
-    actions = drive(Connected(resumed=True), drive.now + 0.25)
+    actions = drive(Connected(resumed=True, epoch="E1", acked=1), drive.now + 0.25)
     assert not any(isinstance(a, RunRebuild) for a in actions)
     assert lc.state == State.ONLINE
     assert actions == [
-        Transmit((Envelope(2, "b"), Envelope(3, "c"))),  # replayed, then new, in order
+        # replayed with its wire number, then the new one numbered after it, in order
+        Transmit((Envelope(2, "b", wire=2), Envelope(3, "c", wire=3))),
         notify("recovering", "online", "transport open, handshake done", drive.now),
     ]
     assert lc.outbox.inflight == 2
@@ -604,8 +614,28 @@ def test_resumed_flag_is_ignored_in_plain_mode() -> None:
 def test_session_mode_rebuild_says_the_session_was_lost() -> None:
     lc = make(session=True)
     lc.handle(Started(), 0.0)
-    assert lc.handle(Connected(resumed=False), 0.25) == [
-        RunRebuild(reason="the server lost the session")]
+    assert lc.handle(Connected(resumed=False, epoch="E2"), 0.25) == [
+        RunRebuild(reason="new session (server epoch E2): the server lost ours")]
+
+
+def test_resume_into_an_epoch_whose_rebuild_never_finished_rebuilds_again() -> None:
+    lc = make(session=True)
+    drive = Clocked(lc)
+    drive(Started(), 0.0)
+    drive(Connected(epoch="E1"), 0.25)  # rebuild starts ...
+    drive(TransportLost(Broken("reset")), 0.5)  # ... and never finishes
+    drive(TransportReleased(), 0.5)
+    drive.at_deadline()
+    actions = drive(Connected(resumed=True, epoch="E1"), drive.now + 0.25)
+    assert any(isinstance(a, RunRebuild) for a in actions)
+    drive(Rebuilt(), drive.now + 0.25)
+    assert lc.state == State.ONLINE
+    drive(TransportLost(Broken("reset")), drive.now + 0.25)
+    drive(TransportReleased(), drive.now)
+    drive.at_deadline()
+    actions = drive(Connected(resumed=True, epoch="E1"), drive.now + 0.25)
+    assert not any(isinstance(a, RunRebuild) for a in actions)  # once per epoch
+    assert lc.state == State.ONLINE
 
 
 # -- one transport ----------------------------------------------------------------------

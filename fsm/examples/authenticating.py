@@ -150,7 +150,8 @@ _TRANSITIONS: list[Row] = [
      "after": "drop_stray_transport"},
     {"trigger": "Connected", "source": _DIALING, "dest": State.ONLINE,
      "conditions": "is_resumed", "before": "resume_session"},
-    {"trigger": "Connected", "source": _DIALING, "dest": AUTHENTICATING},
+    {"trigger": "Connected", "source": _DIALING, "dest": AUTHENTICATING,
+     "before": "note_connected"},  # start_rebuild runs later, on Authenticated
     # -- the verdict ------------------------------------------------------------------
     {"trigger": "Authenticated", "source": AUTHENTICATING, "dest": None,
      "unless": "is_rebuilding", "after": "start_rebuild"},
@@ -184,6 +185,8 @@ _TRANSITIONS: list[Row] = [
      "after": "note_heard"},
     {"trigger": "MessagesWritten", "source": AUTHENTICATING, "dest": None,
      "after": "settle_written"},  # as in the dialing states
+    {"trigger": "MessagesAcked", "source": AUTHENTICATING, "dest": None,
+     "after": "settle_acked"},
     {"trigger": "DeadlineReached", "source": AUTHENTICATING, "dest": None},
 ]
 

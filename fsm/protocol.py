@@ -1,0 +1,193 @@
+"""Session-protocol frames (``models/PROTOCOL.md``): dataclasses and a strict JSON codec.
+
+:func:`decode` never trusts the peer: every member is checked for presence and type,
+and whatever is wrong raises :class:`fsm.errors.RemoteProtocolError` with the error
+``code`` of the protocol and a message that names the frame and the member. Tokens are
+kept out of ``repr`` so that logging a frame never leaks a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsm.errors import RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "VERSION",
+    "Ack",
+    "Error",
+    "Frame",
+    "Hello",
+    "Msg",
+    "Ping",
+    "Pong",
+    "ProtocolViolation",
+    "Welcome",
+    "decode",
+    "encode",
+]
+
+VERSION = 1
+DEFAULT_MAX_FRAME = 2**20
+_MAX_INT = 2**53 - 1
+
+
+class ProtocolViolation(RemoteProtocolError):
+    """The peer broke the session protocol; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(f"{code}: {message}", fatal=fatal)
+        self.code = code
+        self.detail = message
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Base class of the seven frames."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Frame):
+    ack: int
+    session: str | None = None
+    token: str | None = field(default=None, repr=False)
+    v: int = VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Frame):
+    session: str
+    epoch: str
+    resumed: bool
+    ack: int
+    token: str | None = field(default=None, repr=False)
+    limits: dict[str, int] = field(default_factory=dict)
+    v: int = VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Msg(Frame):
+    seq: int
+    ack: int
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Frame):
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Frame):
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Frame):
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Frame):
+    code: str
+    message: str
+    fatal: bool = False
+    retry_after: float | None = None
+
+
+_TYPES: dict[str, type[Frame]] = {
+    "hello": Hello, "welcome": Welcome, "msg": Msg, "ack": Ack,
+    "ping": Ping, "pong": Pong, "error": Error,
+}
+_NAMES = {cls: name for name, cls in _TYPES.items()}
+
+
+def encode(frame: Frame) -> str:
+    """The JSON text of ``frame``; ``None`` members are left out."""
+    body: dict[str, Any] = {"type": _NAMES[type(frame)]}
+    for name in frame.__dataclass_fields__:
+        value = getattr(frame, name)
+        if value is not None:
+            body[name] = value
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _member(body: dict[str, Any], kind: str, name: str, types: tuple[type, ...],
+            *, required: bool = True) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise ProtocolViolation("malformed", f"{kind} frame lacks {name!r}")
+        return None
+    value = body[name]
+    # bool is an int in Python; the protocol keeps them apart.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        wanted = " or ".join(t.__name__ for t in types)
+        raise ProtocolViolation(
+            "malformed", f"{kind} frame member {name!r} must be {wanted}, "
+                         f"got {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= _MAX_INT:
+        raise ProtocolViolation("malformed", f"{kind} frame member {name!r} out of range: "
+                                             f"{value}")
+    return value
+
+
+def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+    """Parse one frame; raise :class:`ProtocolViolation` naming what is wrong."""
+    if isinstance(text, bytes):
+        raise ProtocolViolation("malformed", "binary frame; the protocol uses text frames")
+    if len(text) > max_frame:  # characters <= bytes: a cheap first bound
+        raise ProtocolViolation("too_big", f"frame of {len(text)} characters exceeds "
+                                           f"max_frame {max_frame}")
+    if len(text.encode("utf-8", "surrogatepass")) > max_frame:
+        raise ProtocolViolation("too_big", f"frame exceeds max_frame {max_frame} bytes")
+    try:
+        body = json.loads(text)
+    except ValueError as error:
+        raise ProtocolViolation("malformed", f"not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ProtocolViolation("malformed", f"frame is a JSON {type(body).__name__}, "
+                                             f"not an object")
+    kind = body.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolViolation("malformed", "frame lacks a string 'type'")
+    if kind not in _TYPES:
+        raise ProtocolViolation("type", f"unknown frame type {kind!r}")
+    if kind == "hello":
+        version = _member(body, kind, "v", (int,))
+        if version != VERSION:
+            raise ProtocolViolation("version", f"client speaks version {version}, this "
+                                               f"server speaks {VERSION}", fatal=True)
+        return Hello(ack=_member(body, kind, "ack", (int,)),
+                     session=_member(body, kind, "session", (str,), required=False),
+                     token=_member(body, kind, "token", (str,), required=False))
+    if kind == "welcome":
+        version = _member(body, kind, "v", (int,))
+        if version != VERSION:
+            raise ProtocolViolation("version", f"server speaks version {version}, this "
+                                               f"client speaks {VERSION}", fatal=True)
+        limits = _member(body, kind, "limits", (dict,), required=False) or {}
+        return Welcome(session=_member(body, kind, "session", (str,)),
+                       epoch=_member(body, kind, "epoch", (str,)),
+                       resumed=_member(body, kind, "resumed", (bool,)),
+                       ack=_member(body, kind, "ack", (int,)),
+                       token=_member(body, kind, "token", (str,), required=False),
+                       limits={k: v for k, v in limits.items()
+                               if isinstance(k, str) and isinstance(v, int)})
+    if kind == "msg":
+        if "data" not in body:
+            raise ProtocolViolation("malformed", "msg frame lacks 'data'")
+        return Msg(seq=_member(body, kind, "seq", (int,)), ack=_member(body, kind, "ack", (int,)),
+                   data=body["data"])
+    if kind == "error":
+        retry_after = _member(body, kind, "retry_after", (int, float), required=False)
+        return Error(code=_member(body, kind, "code", (str,)),
+                     message=_member(body, kind, "message", (str,)),
+                     fatal=bool(_member(body, kind, "fatal", (bool,), required=False)),
+                     retry_after=float(retry_after) if retry_after is not None else None)
+    frame_cls = _TYPES[kind]
+    ack: int = _member(body, kind, "ack", (int,))
+    frame: Frame = frame_cls(ack=ack)  # type: ignore[call-arg]
+    return frame
