@@ -29,6 +29,16 @@ promise: a message written into a socket that then died may be lost, because not
 tells the client whether the server read it. Use ``session=True`` (sequence numbers and
 acknowledgements) for exactly-once delivery.
 
+Session mode (``session=True``, ``models/PROTOCOL.md``) adds what plain mode cannot know:
+the dial includes a ``hello``/``welcome`` handshake; messages travel as numbered ``msg``
+frames and stay in the outbox until the server acknowledges them; unacknowledged ones are
+replayed on resume with the same numbers and the server drops duplicates, so delivery is
+exactly once and in order while the server's session store survives. Inbound messages
+are de-duplicated the same way, and acknowledged on every outgoing frame or in small
+batches. A new server epoch means the server lost the session: the rebuild hooks run
+once for that epoch, then the held messages go out again (at-least-once for those the
+lost server had taken but not acknowledged).
+
 Logging follows websockets' arrows on the ``tether.link`` logger: ``>`` sent, ``<``
 received, ``=`` state change, ``!`` error.
 """
@@ -68,11 +78,14 @@ from fsm import (
     State,
     StateChange,
     Transmit,
+    protocol,
 )
 from fsm.errors import (
     Broken,
+    Closed,
     LinkClosedError,
     RebuildError,
+    Refused,
     RequestTimeout,
     TetherError,
     TransportError,
@@ -84,6 +97,7 @@ from fsm.events import (
     DeadlineReached,
     Event,
     MessageReceived,
+    MessagesAcked,
     MessagesWritten,
     PongReceived,
     RebuildFailed,
@@ -95,6 +109,9 @@ from fsm.events import (
 )
 from fsm.lifecycle import DEFAULT_HANDSHAKE_TIMEOUT
 from fsm.outbox import DEFAULT_LIMIT
+from fsm.protocol import Ack, Msg, Ping, Pong, ProtocolViolation, Welcome
+from fsm.protocol import Error as ErrorFrame
+from fsm.session import ClientSession
 from fsm.spec import DEFAULT_SPEC
 
 __all__ = ["Headers", "Link", "LinkFailed", "RebuildHook", "Undelivered"]
@@ -160,13 +177,13 @@ def decode(frame: Frame) -> Any:
 
 
 class _Pending:
-    """A request waiting for its response, re-sent on every new connection."""
+    """A request waiting for its response."""
 
-    __slots__ = ("future", "id", "payload", "sent_on")
+    __slots__ = ("future", "id", "payload", "seq")
 
     def __init__(self, request_id: str, payload: Any, future: asyncio.Future[Any]) -> None:
         self.id, self.payload, self.future = request_id, payload, future
-        self.sent_on = -1  # generation of the transport it was last written to
+        self.seq = 0  # outbox sequence number of its latest copy
 
 
 class Link:
@@ -191,9 +208,11 @@ class Link:
         rng: random.Random | None = None,
         name: str = "link",
     ) -> None:
-        if session:
-            raise NotImplementedError("session mode lands with the session protocol")
         self.name = name
+        self._session = ClientSession() if session else None
+        self._ping_sent_at: float | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._wire_sent = 0  # highest wire number written on this session
         self._dialer = dialer
         self._headers = headers
         self._hooks: list[RebuildHook] = (
@@ -343,17 +362,23 @@ class Link:
         link and :class:`fsm.errors.OutboxFull` when the outbox is full (policy
         ``raise``).
         """
+        if self._session is not None:
+            try:
+                json.dumps(payload)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"session mode sends JSON values; {type(payload).__name__} "
+                                f"is not one: {error}") from None
         generation = _rebuilding.get()
-        if generation is not None and generation == self._generation:
-            self._write(encode(payload), None)
-            return
-        self._feed(SendRequested(payload))
+        urgent = generation is not None and generation == self._generation
+        self._feed(SendRequested(payload, urgent=urgent))
 
     async def request(self, payload: dict[str, Any], *, id: str | None = None,
                       timeout: float = 30.0) -> Any:
         """Send ``payload`` with an ``id`` and wait for the response carrying that id
-        (``reply_to`` by default). The request survives reconnects: it is re-sent after
-        every rebuild until answered. Raises :class:`RequestTimeout` after ``timeout``."""
+        (``reply_to`` by default). The request survives reconnects: it travels like any
+        message, and after every rebuild it is sent again unless its copy is still
+        waiting in the outbox (a new server never saw the old one's). Raises
+        :class:`RequestTimeout` after ``timeout``."""
         if self._core.tags.final:
             raise LinkClosedError(f"cannot request: the link is {self.state} ({self.reason})")
         request_id = id if id is not None else secrets.token_hex(8)
@@ -361,10 +386,10 @@ class Link:
             raise ValueError(f"a request with id {request_id!r} is already pending")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pending = _Pending(request_id, {**payload, "id": request_id}, future)
+        pending.seq = self._core.outbox.next_seq
+        self._feed(SendRequested(pending.payload))  # may raise OutboxFull: nothing pending
         self._pending[request_id] = pending
         try:
-            if self._core.tags.live:
-                self._send_request(pending)
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             raise RequestTimeout(
@@ -438,9 +463,13 @@ class Link:
             self._spawn(self._dial(self._generation, action.attempt))
         elif isinstance(action, Transmit):
             for envelope in action.envelopes:
-                self._write(encode(envelope.payload), envelope.wire)
+                self._write(self._outgoing(envelope), envelope.wire)
         elif isinstance(action, SendPing):
-            self._spawn(self._probe(self._generation))
+            if self._session is not None:
+                self._ping_sent_at = self._now()
+                self._write(protocol.encode(Ping(ack=self._session.receiver.acknowledged())))
+            else:
+                self._spawn(self._probe(self._generation))
         elif isinstance(action, Deliver):
             self._deliver(action.payload)
         elif isinstance(action, RunRebuild):
@@ -518,11 +547,39 @@ class Link:
         if generation != self._generation:  # aborted while dialing
             transport.abort()
             return
-        self._transport = transport
+        self._transport = transport  # from here on, an abort releases it
+        connected = Connected()
+        if self._session is not None:
+            try:
+                welcome = await self._handshake(transport)
+            except TransportError as error:
+                logger.info("! %s: session handshake #%d failed: %s", self.name, attempt, error)
+                self._transport = None
+                transport.abort()
+                self._dial_failed(ConnectFailed(error), generation)
+                return
+            connected = Connected(resumed=welcome.resumed, epoch=welcome.epoch,
+                                  acked=welcome.ack)
         self._spawn(self._reader(generation, transport))
         self._spawn(self._writer(generation, transport))
         logger.debug("= %s: transport #%d open", self.name, generation)
-        self._feed(Connected(), generation)
+        self._feed(connected, generation)
+
+    async def _handshake(self, transport: Transport) -> Welcome:
+        """Session mode: ``hello`` out, ``welcome`` (or ``error``) back, before anything."""
+        assert self._session is not None
+        await transport.send(protocol.encode(self._session.hello()))
+        frame = protocol.decode(await transport.receive())
+        if isinstance(frame, ErrorFrame):
+            if frame.code == "unauthorized":
+                self._session.forget()  # our token is no good: a new session next time
+            raise Refused(f"server refused the session: {frame.code}: {frame.message}",
+                          retry_after=frame.retry_after, fatal=frame.fatal)
+        if not isinstance(frame, Welcome):
+            raise ProtocolViolation("handshake",
+                                    f"expected welcome, got {type(frame).__name__.lower()}")
+        self._session.welcomed(frame)
+        return frame
 
     def _dial_failed(self, event: ConnectFailed, generation: int) -> None:
         if generation == self._generation:
@@ -551,7 +608,74 @@ class Link:
 
     def _received(self, frame: Frame, generation: int) -> None:
         logger.debug("< %s: %r", self.name, frame[:200])
-        self._feed(MessageReceived(decode(frame)), generation)
+        if self._session is None:
+            self._feed(MessageReceived(decode(frame)), generation)
+            return
+        try:
+            self._on_frame(protocol.decode(frame), generation)
+        except ProtocolViolation as violation:
+            logger.warning("! %s: the server broke the protocol: %s", self.name, violation)
+            self._feed(TransportLost(violation), generation)
+
+    def _on_frame(self, frame: protocol.Frame, generation: int) -> None:
+        """Session mode: one decoded frame from the server. Every frame is proof of life
+        and carries a cumulative ack of our messages."""
+        assert self._session is not None
+        receiver = self._session.receiver
+        if isinstance(frame, ErrorFrame):
+            self._feed(TransportLost(Closed(f"server error {frame.code}: {frame.message}",
+                                            retry_after=frame.retry_after,
+                                            fatal=frame.fatal)), generation)
+            return
+        if not isinstance(frame, Msg | Ack | Ping | Pong):
+            raise ProtocolViolation("handshake", f"unexpected {type(frame).__name__.lower()} "
+                                                 f"after the handshake")
+        highest = self._core.outbox.next_wire - 1
+        if frame.ack > highest:
+            raise ProtocolViolation("ack", f"server acknowledged {frame.ack}, but we sent "
+                                           f"only up to {highest}")
+        self._feed(MessagesAcked(upto=frame.ack), generation)
+        if isinstance(frame, Msg):
+            if receiver.receive(frame, self._now()):
+                self._feed(MessageReceived(frame.data), generation)
+            else:
+                self._feed(PongReceived(), generation)  # a duplicate still proves life
+            self._owe_ack()
+        elif isinstance(frame, Ping):
+            self._write(protocol.encode(Pong(ack=receiver.acknowledged())))
+            self._feed(PongReceived(), generation)
+        elif isinstance(frame, Pong) and self._ping_sent_at is not None:
+            rtt, self._ping_sent_at = self._now() - self._ping_sent_at, None
+            self._feed(PongReceived(rtt=rtt), generation)
+        else:
+            self._feed(PongReceived(), generation)
+
+    def _outgoing(self, envelope: Envelope) -> Frame:
+        if self._session is None:
+            return encode(envelope.payload)
+        assert envelope.wire is not None
+        ack = self._session.receiver.acknowledged()
+        return protocol.encode(Msg(seq=envelope.wire, ack=ack, data=envelope.payload))
+
+    def _owe_ack(self) -> None:
+        """Acks ride on outgoing frames; with nothing to send, a standalone ``ack`` goes
+        out after ``ack_delay`` or ``ack_every`` messages (see :mod:`fsm.session`)."""
+        assert self._session is not None
+        receiver = self._session.receiver
+        if receiver.ack_due(self._now()):
+            self._send_ack()
+        elif self._ack_timer is None and self._loop is not None:
+            deadline = receiver.ack_deadline()
+            if deadline is not None:
+                self._ack_timer = self._loop.call_at(deadline, self._send_ack)
+
+    def _send_ack(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self._session is not None and self._session.receiver.owed and \
+                self._transport is not None:
+            self._write(protocol.encode(Ack(ack=self._session.receiver.acknowledged())))
 
     async def _writer(self, generation: int, transport: Transport) -> None:
         while True:
@@ -569,7 +693,7 @@ class Link:
             if seq is not None:
                 self._feed(MessagesWritten(upto=seq), generation)
 
-    def _write(self, frame: Frame, seq: int | None) -> None:
+    def _write(self, frame: Frame, seq: int | None = None) -> None:
         self._writes.append((frame, seq))
         self._write_ready.set()
 
@@ -599,7 +723,9 @@ class Link:
             self._feed(RebuildFailed(failure), generation)
             return
         for pending in list(self._pending.values()):
-            self._send_request(pending)
+            if not self._core.outbox.holds(pending.seq):
+                pending.seq = self._core.outbox.next_seq
+                self._feed(SendRequested(pending.payload, urgent=True), generation)
         self._feed(Rebuilt(), generation)
 
     async def _custom(self, generation: int, action: Action) -> None:
@@ -616,6 +742,9 @@ class Link:
         generation, transport = self._generation, self._transport
         self._transport = None
         self._writes.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         tasks = self._tasks.pop(generation, set())
         for task in tasks:
             if task is not asyncio.current_task():
@@ -648,12 +777,6 @@ class Link:
                 future.set_result(payload)
             return
         self._inbound.put_nowait(payload)
-
-    def _send_request(self, pending: _Pending) -> None:
-        if pending.sent_on == self._generation or self._transport is None:
-            return
-        pending.sent_on = self._generation
-        self._write(encode(pending.payload), None)
 
     def _hand_back(self, envelopes: tuple[Envelope, ...], reason: str) -> None:
         for envelope in envelopes:

@@ -85,6 +85,11 @@ class Outbox:
     def next_seq(self) -> int:
         return self._next_seq
 
+    @property
+    def next_wire(self) -> int:
+        """The wire number the next transmitted message will get on this session."""
+        return self._next_wire
+
     def push(self, payload: Any) -> tuple[Envelope, list[Envelope]]:
         """Accept ``payload``; return its envelope and any envelope handed back for room."""
         evicted: list[Envelope] = []
@@ -157,6 +162,11 @@ class Outbox:
         self._inflight.clear()
         self._pending.clear()
         return everything
+
+    def holds(self, seq: int) -> bool:
+        """True while message ``seq`` is pending or unsettled."""
+        return any(e.seq == seq for e in self._pending) or \
+            any(e.seq == seq for e in self._inflight)
 
     def peek(self) -> Iterable[Envelope]:
         """Every message held, in order, without removing any (for tests and statistics)."""
