@@ -1,4 +1,4 @@
-"""The ``tether`` command: ``demo``, ``diagram``, ``proxy``, ``verify``."""
+"""The ``tether`` command: ``demo``, ``diagram``, ``hub``, ``proxy``, ``verify``."""
 
 from __future__ import annotations
 
@@ -46,30 +46,50 @@ def _verify(_: argparse.Namespace) -> int:
     return 1
 
 
-def _proxy(args: argparse.Namespace) -> int:
+def _proxy(argv: Sequence[str]) -> int:
     from adapters.proxy import main as proxy_main
 
-    return proxy_main(args.rest)
+    return proxy_main(argv)
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(argv: Sequence[str]) -> int:
     from adapters.demo import main as demo_main
 
-    return demo_main(args.rest)
+    return demo_main(argv)
+
+
+#: Subcommands with a parser of their own: they get the rest of the command line as is.
+_DELEGATED = {"proxy": _proxy, "demo": _demo}
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from adapters.hub import run_command
+
+    return run_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        return _DELEGATED[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="tether", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     diagram = commands.add_parser("diagram", help="print a lifecycle as Mermaid stateDiagram-v2")
     diagram.add_argument("spec", nargs="?", help="module:attribute of a custom Spec")
     diagram.set_defaults(run=_diagram)
     commands.add_parser("verify", help="model-check models/ with spin").set_defaults(run=_verify)
-    for name, run, text in (("proxy", _proxy, "TCP fault proxy"),
-                            ("demo", _demo, "the studio-restart demo")):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=run)
+    commands.add_parser("proxy", help="TCP fault proxy (tether proxy --help)")
+    commands.add_parser("demo", help="the studio-restart demo")
+    hub = commands.add_parser("hub", help="the reference session-mode server")
+    hub.add_argument("--host", default="127.0.0.1")
+    hub.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    hub.add_argument("--store", metavar="PATH.sqlite", default=None,
+                     help="durable SQLite session store (default: in memory)")
+    hub.add_argument("--echo", action="store_true", help="send every message back to its session")
+    hub.add_argument("--expire-after", type=float, default=300.0, metavar="SECONDS",
+                     help="forget sessions stale this long")
+    hub.add_argument("--log-level", default="WARNING")
+    hub.set_defaults(run=_hub)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code

@@ -364,7 +364,7 @@ class Link:
         """
         if self._session is not None:
             try:
-                json.dumps(payload)
+                json.dumps(payload, allow_nan=False)
             except (TypeError, ValueError) as error:
                 raise TypeError(f"session mode sends JSON values; {type(payload).__name__} "
                                 f"is not one: {error}") from None
@@ -508,7 +508,10 @@ class Link:
             await asyncio.sleep(0)
         transport = self._transport
         while transport is not None and generation == self._generation:
-            frame = transport.receive_nowait()
+            try:
+                frame = transport.receive_nowait()
+            except TransportError:
+                break  # the reader reports the loss
             if frame is None:
                 break
             self._received(frame, generation)

@@ -9,7 +9,8 @@ Library exceptions become tether's vocabulary, so the classifier sees one langua
 
 =====================================  =================================================
 ``InvalidStatus`` (HTTP at handshake)  ``Refused(status=..., retry_after=Retry-After)``
-``ConnectionRefusedError``, ``OSError``  ``Refused()`` (retryable)
+``ConnectionRefusedError``              ``Refused()`` (retryable)
+other ``OSError``                      ``Broken`` (retryable)
 ``InvalidURI``, certificate failure    ``Refused(fatal=True)``: retrying cannot help
 ``TimeoutError`` on open               ``TimedOut``
 other ``InvalidHandshake``             ``RemoteProtocolError``
@@ -58,7 +59,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -88,6 +89,10 @@ def translate(error: BaseException) -> TransportError:
             reason = f" ({error.rcvd.reason})" if error.rcvd.reason else ""
             return Closed(f"peer closed the connection with code {error.rcvd.code}{reason}",
                           code=error.rcvd.code)
+        if error.sent is not None:  # we closed it, e.g. 1009 for a frame over max_size
+            reason = f" ({error.sent.reason})" if error.sent.reason else ""
+            return Closed(f"closed the connection with code {error.sent.code}{reason}",
+                          code=error.sent.code)
         return Broken(f"connection broke without a closing handshake: {error}")
     if isinstance(error, TimeoutError):
         return TimedOut("opening handshake timed out")
@@ -120,8 +125,7 @@ class WebSocketTransport:
             async for message in self._ws:
                 self._queue.put_nowait(message)
             await self._ws.wait_closed()
-            protocol = self._ws.protocol
-            self._error = translate(ConnectionClosed(protocol.close_rcvd, protocol.close_sent))
+            self._error = translate(self._ws.protocol.close_exc)
         except ConnectionClosed as error:
             self._error = translate(error)
         except Exception as error:

@@ -423,9 +423,10 @@ class Lifecycle:
         self._last_heard, self._epoch = self._now, event.epoch
         if self.session and event.resumed:
             # The server kept the session but its rebuild never finished: replay what it
-            # lacks, in order and with the same numbers, then rebuild again.
+            # lacks of what was sent, in order and with the same numbers, then rebuild
+            # again; messages never sent on it wait for the rebuild, as usual.
             self.outbox.ack(event.acked)
-            replay = self.outbox.take(track=True)
+            replay = self.outbox.take_replays()
             if replay:
                 self.perform(Transmit(tuple(replay)))
             why = f"rebuild for epoch {event.epoch} did not finish; running it again"

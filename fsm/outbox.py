@@ -131,6 +131,15 @@ class Outbox:
             self._inflight.extend(taken)
         return taken
 
+    def take_replays(self) -> list[Envelope]:
+        """Remove, for retransmission, the pending messages that already carry a wire
+        number (sent on this session before a drop); the rest keep waiting."""
+        replays: list[Envelope] = []
+        while self._pending and self._pending[0].wire is not None:
+            replays.append(self._pending.popleft())
+        self._inflight.extend(replays)
+        return replays
+
     def ack(self, upto: int) -> list[Envelope]:
         """The peer has every message up to and including wire number ``upto``."""
         acked: list[Envelope] = []

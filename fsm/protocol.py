@@ -106,13 +106,19 @@ _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
 def encode(frame: Frame) -> str:
-    """The JSON text of ``frame``; ``None`` members are left out."""
+    """The JSON text of ``frame``. Optional members that are ``None`` are left out; a
+    message's ``data`` is always written, ``null`` included. Raises ``ValueError`` for a
+    payload that is not JSON (NaN and infinities are not)."""
     body: dict[str, Any] = {"type": _NAMES[type(frame)]}
     for name in frame.__dataclass_fields__:
         value = getattr(frame, name)
-        if value is not None:
+        if value is not None or (name == "data" and isinstance(frame, Msg)):
             body[name] = value
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _member(body: dict[str, Any], kind: str, name: str, types: tuple[type, ...],
@@ -144,7 +150,7 @@ def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     if len(text.encode("utf-8", "surrogatepass")) > max_frame:
         raise ProtocolViolation("too_big", f"frame exceeds max_frame {max_frame} bytes")
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=_reject_constant)
     except ValueError as error:
         raise ProtocolViolation("malformed", f"not JSON: {error}") from None
     if not isinstance(body, dict):
@@ -175,7 +181,8 @@ def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
                        ack=_member(body, kind, "ack", (int,)),
                        token=_member(body, kind, "token", (str,), required=False),
                        limits={k: v for k, v in limits.items()
-                               if isinstance(k, str) and isinstance(v, int)})
+                               if isinstance(k, str) and isinstance(v, int)
+                               and not isinstance(v, bool) and v >= 0})
     if kind == "msg":
         if "data" not in body:
             raise ProtocolViolation("malformed", "msg frame lacks 'data'")
