@@ -9,33 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
-import async_solipsism
 import pytest
 
 from adapters.memory import MemoryDialer, MemoryServer, ServerConnection, echo
 from adapters.transport import Broken, Closed, Dialer, Frame, Refused, TimedOut, Transport
 from tests.conformance import CHECKS, Check, check_transport
+from tests.virtual import now, run
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(5)
-
-
-def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main()`` on a fresh virtual-time loop; the loop must end with no task left."""
-    loop = async_solipsism.EventLoop()
-    try:
-        result: T = loop.run_until_complete(main())
-        assert not asyncio.all_tasks(loop), asyncio.all_tasks(loop)
-        return result
-    finally:
-        loop.close()
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
 
 
 class MemoryFixture:
