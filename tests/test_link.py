@@ -414,3 +414,25 @@ def test_custom_spec_authenticating_runs_its_action_through_the_link() -> None:
         await server.aclose()
 
     run(main)
+
+
+def test_close_with_drain_waits_for_queued_messages_to_be_written() -> None:
+    async def main() -> None:
+        server = MemoryServer(echo)
+        server.slow_handshake(0.5)
+        link, dialer, _ = make(server)
+        await link.start()
+        for n in range(3):
+            await link.send(n)  # queued: the handshake takes 0.5 s
+        assert await link.close(drain=2.0) == []  # waited for them to be written
+        assert [f for f in server.received] == ["0", "1", "2"]
+
+        link2, _, _ = make(server)
+        await link2.start()
+        await link2.send("never written")
+        undelivered = await link2.close()  # no drain: handed back at once
+        assert [u.payload for u in undelivered] == ["never written"]
+        assert dialer.open_transports == 0
+        await server.aclose()
+
+    run(main)
