@@ -363,14 +363,34 @@ class Link:
         ``raise``).
         """
         if self._session is not None:
-            try:
-                json.dumps(payload, allow_nan=False)
-            except (TypeError, ValueError) as error:
-                raise TypeError(f"session mode sends JSON values; {type(payload).__name__} "
-                                f"is not one: {error}") from None
+            self._check_session_payload(payload)
+        self._feed(SendRequested(payload, urgent=self._in_rebuild()))
+
+    def _check_session_payload(self, payload: Any) -> None:
+        """Session mode: refuse, now and clearly, what the server would refuse forever
+        (a replayed message the server cannot take would block every one behind it)."""
+        assert self._session is not None
+        try:
+            size = len(protocol.encode(Msg(seq=2**53 - 1, ack=2**53 - 1, data=payload))
+                       .encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"session mode sends JSON values; {type(payload).__name__} "
+                            f"is not one: {error}") from None
+        if size > self._session.max_frame:
+            raise ValueError(f"message of {size} bytes as a frame exceeds the server's "
+                             f"max_frame of {self._session.max_frame} bytes")
+
+    def _in_rebuild(self) -> bool:
+        """True when called from the rebuild (or custom action) task of the current
+        connection: its messages go out at once, ahead of the outbox. A hook whose
+        connection is already gone is cancelled here, so that its messages are not
+        queued as ordinary ones and doubled by the next rebuild."""
         generation = _rebuilding.get()
-        urgent = generation is not None and generation == self._generation
-        self._feed(SendRequested(payload, urgent=urgent))
+        if generation is None:
+            return False
+        if generation != self._generation:
+            raise asyncio.CancelledError("the connection this hook rebuilt is gone")
+        return True
 
     async def request(self, payload: dict[str, Any], *, id: str | None = None,
                       timeout: float = 30.0) -> Any:
@@ -386,8 +406,11 @@ class Link:
             raise ValueError(f"a request with id {request_id!r} is already pending")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pending = _Pending(request_id, {**payload, "id": request_id}, future)
+        if self._session is not None:
+            self._check_session_payload(pending.payload)
         pending.seq = self._core.outbox.next_seq
-        self._feed(SendRequested(pending.payload))  # may raise OutboxFull: nothing pending
+        # may raise OutboxFull: then nothing is pending
+        self._feed(SendRequested(pending.payload, urgent=self._in_rebuild()))
         self._pending[request_id] = pending
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -637,7 +660,7 @@ class Link:
         if frame.ack > highest:
             raise ProtocolViolation("ack", f"server acknowledged {frame.ack}, but we sent "
                                            f"only up to {highest}")
-        self._feed(MessagesAcked(upto=frame.ack), generation)
+        # The frame first: it proves the peer alive, so no deadline may fire before it.
         if isinstance(frame, Msg):
             if receiver.receive(frame, self._now()):
                 self._feed(MessageReceived(frame.data), generation)
@@ -652,6 +675,7 @@ class Link:
             self._feed(PongReceived(rtt=rtt), generation)
         else:
             self._feed(PongReceived(), generation)
+        self._feed(MessagesAcked(upto=frame.ack), generation)
 
     def _outgoing(self, envelope: Envelope) -> Frame:
         if self._session is None:
@@ -697,6 +721,8 @@ class Link:
                 self._feed(MessagesWritten(upto=seq), generation)
 
     def _write(self, frame: Frame, seq: int | None = None) -> None:
+        if self._transport is None:
+            return  # no connection: control frames are moot, messages stay in the outbox
         self._writes.append((frame, seq))
         self._write_ready.set()
 
@@ -750,8 +776,10 @@ class Link:
             self._ack_timer = None
         tasks = self._tasks.pop(generation, set())
         for task in tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+            # The current task too: if it caused this drop (a writer whose report fired a
+            # deadline, a hook that closed the link), it ends at its next await instead of
+            # serving a dead transport, and _release, which waits for all of them, ends.
+            task.cancel()
         if transport is not None and not polite:
             transport.abort()
         logger.info("! %s: dropping transport #%d: %s", self.name, generation, reason)
@@ -763,9 +791,8 @@ class Link:
             with contextlib.suppress(TimeoutError, TransportError):
                 await asyncio.wait_for(transport.close(), self._close_timeout)
             transport.abort()
-        others = [t for t in tasks if t is not asyncio.current_task()]
-        if others:
-            await asyncio.gather(*others, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if generation == self._generation:
             self._feed(TransportReleased())
             self._released.set()

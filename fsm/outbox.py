@@ -141,10 +141,14 @@ class Outbox:
         return replays
 
     def ack(self, upto: int) -> list[Envelope]:
-        """The peer has every message up to and including wire number ``upto``."""
+        """The peer has every message up to and including wire number ``upto``: forget
+        them, in flight or rewound for replay (a resume's ack settles those too)."""
         acked: list[Envelope] = []
         while self._inflight and (self._inflight[0].wire or 0) <= upto:
             acked.append(self._inflight.popleft())
+        while not self._inflight and self._pending and \
+                self._pending[0].wire is not None and self._pending[0].wire <= upto:
+            acked.append(self._pending.popleft())
         return acked
 
     def rewind(self) -> int:

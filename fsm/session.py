@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fsm.protocol import Hello, Msg, ProtocolViolation, Welcome
+from fsm.protocol import DEFAULT_MAX_FRAME, Hello, Msg, ProtocolViolation, Welcome
 
 __all__ = ["DEFAULT_ACK_DELAY", "DEFAULT_ACK_EVERY", "ClientSession", "Receiver"]
 
@@ -81,6 +81,7 @@ class ClientSession:
     epoch: str | None = None
     receiver: Receiver = field(default_factory=Receiver)
     max_inflight: int | None = None
+    max_frame: int = DEFAULT_MAX_FRAME  # the server's, from its last welcome
 
     def hello(self) -> Hello:
         """The hello for a new connection: resume if we hold a session, else open one."""
@@ -100,6 +101,7 @@ class ClientSession:
             self.receiver.reset()
         self.epoch = welcome.epoch
         self.max_inflight = welcome.limits.get("max_inflight")
+        self.max_frame = welcome.limits.get("max_frame", DEFAULT_MAX_FRAME)
 
     def forget(self) -> None:
         """The server refused our token: start a new session next time."""

@@ -8,13 +8,16 @@ seconds, every message accounted for, at most one transport, nothing leaked.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from adapters.link import Link, LinkFailed, Undelivered
-from adapters.memory import MemoryDialer, MemoryServer, ServerConnection, echo
+from adapters.memory import MemoryDialer, MemoryServer, MemoryTransport, ServerConnection, echo
+from adapters.transport import Frame
 from fsm import Backoff, Heartbeat, Overflow, State, StateChange
 from fsm.errors import LinkClosedError, OutboxFull, RequestTimeout
 from tests.virtual import now, run
@@ -213,7 +216,6 @@ def test_pending_request_survives_a_restart_and_is_answered() -> None:
             while True:
                 frame = await conn.receive()
                 if answered and '"ask"' in str(frame):
-                    import json
                     request = json.loads(frame)
                     await conn.send(json.dumps({"reply_to": request["id"], "text": "yes"}))
 
@@ -434,5 +436,106 @@ def test_close_with_drain_waits_for_queued_messages_to_be_written() -> None:
         assert [u.payload for u in undelivered] == ["never written"]
         assert dialer.open_transports == 0
         await server.aclose()
+
+    run(main)
+
+
+# -- regressions found in review ---------------------------------------------------------
+
+
+def test_close_inside_a_rebuild_hook_returns() -> None:
+    async def main() -> None:
+        server = MemoryServer(echo)
+
+        async def give_up(link: Link) -> None:
+            await link.send({"type": "register"})
+            await link.close()  # e.g. the registration was refused
+
+        link, dialer, _ = make(server, on_rebuild=give_up)
+        await link.start()
+        await link.wait_for(State.CLOSED, timeout=5)
+        await asyncio.wait_for(link.close(), 5)  # used to deadlock
+        assert dialer.open_transports == 0
+        await server.aclose()
+
+    run(main)
+
+
+def test_request_inside_a_rebuild_hook_completes() -> None:
+    async def main() -> None:
+        async def answering(conn: ServerConnection) -> None:
+            while True:
+                message = json.loads(await conn.receive())
+                if "id" in message:
+                    await conn.send(json.dumps({"reply_to": message["id"], "ok": True}))
+
+        server = MemoryServer(answering)
+        answers: list[Any] = []
+
+        async def register(link: Link) -> None:
+            answers.append(await link.request({"type": "register"}, id="reg", timeout=5))
+
+        link, _, _ = make(server, on_rebuild=register)
+        await link.start()
+        await link.wait_for(State.ONLINE, timeout=5)  # used to time out in the hook
+        assert answers == [{"reply_to": "reg", "ok": True}]
+        await link.close()
+        await server.aclose()
+
+    run(main)
+
+
+def test_a_write_that_ends_at_a_deadline_does_not_wedge_the_link() -> None:
+    """The writer's own report fires the probe deadline and drops the transport it is
+    serving: it must end, the link must recover, and close() must return."""
+
+    async def main() -> None:
+        server = MemoryServer(echo)
+        slow_until: list[float] = []
+
+        class SlowDialer(MemoryDialer):
+            async def dial(self, headers: Mapping[str, str]) -> MemoryTransport:
+                transport = await super().dial(headers)
+                send = transport.send
+
+                async def slow_send(frame: Frame) -> None:
+                    if slow_until:
+                        await asyncio.sleep(slow_until[0] - now())  # backpressure
+                    await send(frame)
+
+                transport.send = slow_send  # type: ignore[method-assign]
+                return transport
+
+        dialer = SlowDialer(server, open_timeout=None)
+        link = Link(dialer, heartbeat=HB, backoff=FAST, rng=random.Random(1))
+        await link.start()
+        await link.wait_for(State.ONLINE, timeout=5)
+        server.freeze()
+        await link.wait_for(State.WAITING, timeout=5)
+        deadline = link.lifecycle.next_deadline()
+        assert deadline is not None
+        await asyncio.sleep(deadline - 0.5 - now())
+        slow_until.append(deadline)  # the write finishes exactly at the probe deadline
+        await link.send({"n": 1})
+        await asyncio.sleep(deadline + 0.1 - now())
+        slow_until.clear()
+        server.thaw()
+        await link.wait_for(State.ONLINE, timeout=10)
+        await asyncio.wait_for(link.close(), 5)
+        assert dialer.open_transports == 0
+        await server.aclose()
+
+    run(main)
+
+
+def test_session_mode_refuses_a_message_the_server_could_never_take() -> None:
+    async def main() -> None:
+        link = Link(MemoryDialer(MemoryServer(echo)), session=True)
+        with pytest.raises(ValueError, match="exceeds the server's max_frame"):
+            await link.send("x" * (2**20 + 1))
+        with pytest.raises(TypeError, match="JSON"):
+            await link.send(float("nan"))
+        assert len(link.lifecycle.outbox) == 0  # refused, not queued
+        await link.close()
 
     run(main)

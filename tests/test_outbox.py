@@ -172,3 +172,15 @@ def test_peek_does_not_remove() -> None:
     outbox.push("c")
     assert seqs(list(outbox.peek())) == [1, 2, 3]
     assert len(outbox) == 3
+
+
+def test_a_resume_ack_settles_rewound_messages_too() -> None:
+    """After a drop, in-flight messages are rewound to pending with their wire numbers;
+    the server's welcome ack must settle those it already has (no needless replay)."""
+    outbox = Outbox()
+    for payload in ("a", "b", "c"):
+        outbox.push(payload)
+    outbox.take(track=True)  # wires 1, 2, 3
+    outbox.rewind()
+    assert [e.payload for e in outbox.ack(2)] == ["a", "b"]
+    assert [(e.payload, e.wire) for e in outbox.take_replays()] == [("c", 3)]
