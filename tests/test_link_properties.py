@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
+from adapters.link import ActionHandler, Link
+from adapters.testing import LinkUnderFaults
 from fsm.actions import Action
 from fsm.events import Event
 from fsm.examples.authenticating import AUTH_SPEC, Authenticate, Authenticated
-
-from adapters.link import Link
-from adapters.testing import LinkUnderFaults
 
 
 async def authenticate(link: Link, action: Action) -> Event:
@@ -17,7 +19,7 @@ async def authenticate(link: Link, action: Action) -> Event:
 
 class AuthenticatingUnderFaults(LinkUnderFaults):
     spec = AUTH_SPEC
-    on_action = {Authenticate: authenticate}
+    on_action: ClassVar[Mapping[type[Action], ActionHandler]] = {Authenticate: authenticate}
 
 
 TestDefaultLifecycleUnderFaults = LinkUnderFaults.TestCase
