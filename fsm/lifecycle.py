@@ -70,6 +70,7 @@ from fsm.events import (
     BackoffElapsed,
     Connected,
     ConnectFailed,
+    DeadlineReached,
     Event,
     HandshakeTimedOut,
     MessageReceived,
@@ -219,8 +220,9 @@ class Lifecycle:
         self._now = now
         if not isinstance(event, _FRAMES):
             self._fire_due_deadlines()
-        self._trigger(event)
-        self._fire_due_deadlines()
+        if not isinstance(event, DeadlineReached):  # a declared no-op in every state:
+            self._trigger(event)                     # its deadlines were fired just above
+            self._fire_due_deadlines()
         actions, self._actions = self._actions, []
         return actions
 
