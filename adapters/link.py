@@ -53,7 +53,7 @@ import logging
 import random
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -212,7 +212,7 @@ class Link:
         self._session = ClientSession() if session else None
         self._ping_sent_at: float | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._wire_sent = 0  # highest wire number written on this session
+        self._acked = 0  # highest wire number the server acknowledged on this connection
         self._dialer = dialer
         self._headers = headers
         self._hooks: list[RebuildHook] = (
@@ -238,6 +238,7 @@ class Link:
         self._tasks: dict[int, set[asyncio.Task[Any]]] = {}
         self._reapers: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._last_now = 0.0
         self._writes: deque[tuple[Frame, int | None]] = deque()
         self._write_ready = asyncio.Event()
@@ -469,8 +470,9 @@ class Link:
         self._last_now = max(self._last_now, at_least)
         try:
             actions = self._core.handle(event, self._now())
-        finally:
-            self._arm_timer()  # even when the event was refused: deadlines may be due
+        except BaseException:
+            self._arm_timer()  # the event was refused, but deadlines may have fired
+            raise
         for action in actions:
             self._perform(action)
         if not len(self._core.outbox) or self._core.tags.final:
@@ -510,10 +512,14 @@ class Link:
                          self.name, action, type(action).__name__)
 
     def _arm_timer(self) -> None:
-        self._cancel_timer()
         deadline = self._core.next_deadline()
+        if self._timer is not None and self._timer_at == deadline:
+            return  # most events leave the deadline where it was
+        self._cancel_timer()
         if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._timer_fired, deadline)
+            self._timer = self._loop.call_at(deadline, self._timer_fired, deadline,
+                                             context=contextvars.Context())
+            self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -542,13 +548,19 @@ class Link:
 
     # -- tasks per transport -----------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Every task and timer of the driver starts from an empty context: whatever the
+        code that triggered it carried (the rebuild marker above all) must not leak into
+        the tasks of later connections."""
+        return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._task(coro)
         self._tasks.setdefault(self._generation, set()).add(task)
         task.add_done_callback(self._task_done)
 
-    def _spawn_detached(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn_detached(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._task(coro)
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
@@ -586,6 +598,7 @@ class Link:
                 return
             connected = Connected(resumed=welcome.resumed, epoch=welcome.epoch,
                                   acked=welcome.ack)
+            self._acked = welcome.ack if welcome.resumed else 0
         self._spawn(self._reader(generation, transport))
         self._spawn(self._writer(generation, transport))
         logger.debug("= %s: transport #%d open", self.name, generation)
@@ -633,7 +646,8 @@ class Link:
             self._received(frame, generation)
 
     def _received(self, frame: Frame, generation: int) -> None:
-        logger.debug("< %s: %r", self.name, frame[:200])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("< %s: %r", self.name, frame[:200])
         if self._session is None:
             self._feed(MessageReceived(decode(frame)), generation)
             return
@@ -675,7 +689,9 @@ class Link:
             self._feed(PongReceived(rtt=rtt), generation)
         else:
             self._feed(PongReceived(), generation)
-        self._feed(MessagesAcked(upto=frame.ack), generation)
+        if frame.ack > self._acked:
+            self._acked = frame.ack
+            self._feed(MessagesAcked(upto=frame.ack), generation)
 
     def _outgoing(self, envelope: Envelope) -> Frame:
         if self._session is None:
@@ -694,7 +710,8 @@ class Link:
         elif self._ack_timer is None and self._loop is not None:
             deadline = receiver.ack_deadline()
             if deadline is not None:
-                self._ack_timer = self._loop.call_at(deadline, self._send_ack)
+                self._ack_timer = self._loop.call_at(deadline, self._send_ack,
+                                                     context=contextvars.Context())
 
     def _send_ack(self) -> None:
         if self._ack_timer is not None:
@@ -716,8 +733,9 @@ class Link:
                 self._feed(TransportLost(error), generation)
                 return
             self._writes.popleft()
-            logger.debug("> %s: %r", self.name, frame[:200])
-            if seq is not None:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("> %s: %r", self.name, frame[:200])
+            if seq is not None and self._session is None:  # session mode settles by ack
                 self._feed(MessagesWritten(upto=seq), generation)
 
     def _write(self, frame: Frame, seq: int | None = None) -> None:

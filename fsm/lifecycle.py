@@ -118,6 +118,7 @@ class Lifecycle:
 
     __slots__ = (
         "_actions",
+        "_cause",
         "_clock_started",
         "_connected",
         "_dial_at",
@@ -131,7 +132,7 @@ class Lifecycle:
         "_online_since",
         "_probe_deadline",
         "_rand",
-        "_reason",
+        "_reason_text",
         "_rebuilding",
         "_rebuilt_epoch",
         "_retry_after",
@@ -192,7 +193,8 @@ class Lifecycle:
         self._excused = 0.0
         self._failures = 0
         self._retry_after: float | None = None
-        self._reason = "created"  # why the event being handled happened
+        self._cause: Event | None = None  # the event being handled
+        self._reason_text: str | None = "created"  # its description, made when needed
         self._state_reason = "created"  # why the link is in its current state
         self._entered_at = 0.0
         self._time_in: dict[str, float] = {}
@@ -304,7 +306,7 @@ class Lifecycle:
                 f"{type(event).__name__} is not an event of spec {self.spec.name!r} "
                 f"(state {self.state!r}); add it with Spec.derive(events=[...])"
             ) from None
-        self._reason = self._describe(event)
+        self._cause, self._reason_text = event, None
         trigger.trigger(self, event)
 
     def _fire_due_deadlines(self) -> None:
@@ -328,6 +330,14 @@ class Lifecycle:
         if self._transport in ("opening", "open"):
             return HandshakeTimedOut()
         return BackoffElapsed()
+
+    @property
+    def _reason(self) -> str:
+        """Why the event being handled happened, described only when someone asks (most
+        events change nothing and need no words)."""
+        if self._reason_text is None:
+            self._reason_text = self._describe(self._cause) if self._cause else "created"
+        return self._reason_text
 
     def _describe(self, event: Event) -> str:
         hb = self.heartbeat
@@ -377,8 +387,8 @@ class Lifecycle:
         if not verdict.retry:
             return True
         if self.backoff.exhausted(failures):
-            self._reason = (f"{verdict.reason}; retry budget of {self.backoff.budget} "
-                            f"attempts exhausted")
+            self._reason_text = (f"{verdict.reason}; retry budget of {self.backoff.budget} "
+                                 f"attempts exhausted")
             return True
         return False
 
