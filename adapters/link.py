@@ -597,7 +597,7 @@ class Link:
                 self._dial_failed(ConnectFailed(error), generation)
                 return
             connected = Connected(resumed=welcome.resumed, epoch=welcome.epoch,
-                                  acked=welcome.ack)
+                                  acked=welcome.ack, max_inflight=self._session.max_inflight)
             self._acked = welcome.ack if welcome.resumed else 0
         self._spawn(self._reader(generation, transport))
         self._spawn(self._writer(generation, transport))

@@ -73,12 +73,14 @@ class Connected(Event):
 
     ``resumed``: the server still held our session (session mode). ``epoch``: the server's
     epoch, when the protocol has one. ``acked``: the last of our messages the server has
-    (session mode), settled at once.
+    (session mode), settled at once. ``max_inflight``: the most unacknowledged messages
+    the server accepts (session mode); the outbox holds the rest back.
     """
 
     resumed: bool = False
     epoch: str | None = None
     acked: int = 0
+    max_inflight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

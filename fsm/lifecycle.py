@@ -128,6 +128,7 @@ class Lifecycle:
         "_failures",
         "_handshake_deadline",
         "_last_heard",
+        "_max_inflight",
         "_now",
         "_online_since",
         "_probe_deadline",
@@ -183,6 +184,7 @@ class Lifecycle:
         self._transport = "none"
         self._rebuilding = False
         self._connected = Connected()  # what the current connection's handshake said
+        self._max_inflight: int | None = None  # the server's flow limit (session mode)
         self._epoch: str | None = None  # the server epoch of the current connection
         self._rebuilt_epoch: str | None = None  # the last epoch whose rebuild finished
         self._last_heard = 0.0
@@ -430,6 +432,7 @@ class Lifecycle:
         if isinstance(event, Connected):
             self._connected = event
         event = self._connected
+        self._max_inflight = event.max_inflight
         self._transport, self._rebuilding = "open", True
         self._handshake_deadline = self._now + self.handshake_timeout
         self._last_heard, self._epoch = self._now, event.epoch
@@ -456,7 +459,7 @@ class Lifecycle:
         event = _event(event_data)
         assert isinstance(event, Connected)
         self._transport, self._handshake_deadline = "open", None
-        self._epoch = event.epoch
+        self._epoch, self._max_inflight = event.epoch, event.max_inflight
         self.outbox.ack(event.acked)  # the rest is replayed as the outbox flows
 
     def flush_outbox(self, event_data: EventData) -> None:
@@ -465,7 +468,12 @@ class Lifecycle:
             self._online_since = self._now
             if self.attempts > 1:
                 self.reconnects += 1
-        envelopes = self.outbox.take(track=True)
+        self._flow()
+
+    def _flow(self) -> None:
+        """Transmit pending messages, as many as the server's ``max_inflight`` allows."""
+        room = None if self._max_inflight is None else self._max_inflight - self.outbox.inflight
+        envelopes = self.outbox.take(track=True, room=room)
         if envelopes:
             self.perform(Transmit(tuple(envelopes)))
 
@@ -503,7 +511,7 @@ class Lifecycle:
             self.perform(HandBack(tuple(evicted), reason=(
                 f"outbox full ({self.outbox.limit} messages); oldest handed back")))
         if self.tags.live:
-            self.perform(Transmit(tuple(self.outbox.take(track=True))))
+            self._flow()
 
     def refuse_message(self, _: EventData) -> None:
         raise LinkClosedError(f"cannot send: the link is {self.state} ({self._state_reason})")
@@ -519,6 +527,8 @@ class Lifecycle:
         assert isinstance(event, MessagesAcked)
         if self.session:
             self.outbox.ack(event.upto)
+            if self.tags.live and self.outbox.pending:
+                self._flow()  # acks make room under max_inflight
 
     def abort_transport(self, _: EventData) -> None:
         self._transport, self._rebuilding = "closing", False

@@ -116,17 +116,19 @@ class Outbox:
         self._inflight.append(envelope)
         return envelope
 
-    def take(self, *, track: bool) -> list[Envelope]:
-        """Remove every pending message for transmission, stamping wire numbers on those
-        that have none; keep them in flight (until settled) if ``track``."""
+    def take(self, *, track: bool, room: int | None = None) -> list[Envelope]:
+        """Remove pending messages for transmission (all of them, or at most ``room``),
+        stamping wire numbers on those that have none; keep them in flight (until
+        settled) if ``track``."""
+        count = len(self._pending) if room is None else max(0, min(room, len(self._pending)))
         taken: list[Envelope] = []
-        for envelope in self._pending:
+        for _ in range(count):
+            envelope = self._pending.popleft()
             stamped = envelope
             if envelope.wire is None:
                 stamped = replace(envelope, wire=self._next_wire)
                 self._next_wire += 1
             taken.append(stamped)
-        self._pending.clear()
         if track:
             self._inflight.extend(taken)
         return taken

@@ -40,6 +40,7 @@ from fsm.events import (
     DeadlineReached,
     Event,
     MessageReceived,
+    MessagesAcked,
     MessagesWritten,
     PongReceived,
     RebuildFailed,
@@ -913,3 +914,16 @@ def test_actions_of_deadlines_are_not_held_when_the_event_raises(case: str) -> N
             lc.handle(SendRequested("one too many"), 1.5)
         wanted = OpenTransport
     assert any(isinstance(a, wanted) for a in _collect_after_refusal(lc, 1.5))
+
+
+def test_session_flow_respects_the_servers_max_inflight() -> None:
+    lc = make(session=True)
+    lc.handle(Started(), 0.0)
+    lc.handle(Connected(epoch="E1", max_inflight=2), 0.25)
+    lc.handle(Rebuilt(), 0.25)
+    sent = [a for n in range(5) for a in lc.handle(SendRequested(n), 0.5)
+            if isinstance(a, Transmit)]
+    assert [e.payload for t in sent for e in t.envelopes] == [0, 1]  # two in flight
+    more = [a for a in lc.handle(MessagesAcked(upto=1), 0.75) if isinstance(a, Transmit)]
+    assert [e.payload for t in more for e in t.envelopes] == [2]  # one acked: one more
+    assert (lc.outbox.inflight, lc.outbox.pending) == (2, 2)

@@ -56,6 +56,7 @@ from fsm.events import (
 )
 
 REGISTER = "register"
+MAX_INFLIGHT = 3  # the server's flow limit, announced in its welcome
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -136,12 +137,14 @@ class SessionMachine(RuleBasedStateMachine):
         """The handshake: the server resumes the session, or lost it (new epoch)."""
         self.dialing, self.open = False, True
         if keep and self.has_session:
-            self.feed(Connected(resumed=True, epoch=f"e{self.epoch}", acked=self.server_last))
+            self.feed(Connected(resumed=True, epoch=f"e{self.epoch}", acked=self.server_last,
+                                max_inflight=MAX_INFLIGHT))
         else:
             self.epoch += 1
             self.server_last = 0
             self.has_session = True
-            self.feed(Connected(resumed=False, epoch=f"e{self.epoch}"))
+            self.feed(Connected(resumed=False, epoch=f"e{self.epoch}",
+                                max_inflight=MAX_INFLIGHT))
 
     @precondition(lambda self: self.open and self.wire)
     @rule(count=st.integers(min_value=1, max_value=4), ack=st.booleans())
@@ -214,6 +217,14 @@ class SessionMachine(RuleBasedStateMachine):
             assert registered <= self.rebuilds.count(epoch), (
                 f"epoch {epoch}: {registered} registers from "
                 f"{self.rebuilds.count(epoch)} rebuilds")
+
+    @invariant()
+    def flow_limit_kept(self) -> None:
+        """Never more unacknowledged messages than the server's max_inflight (the rebuild's
+        own messages ride ahead of the limit)."""
+        user = [e for e in self.lc.outbox.peek() if e.wire is not None and not e.urgent]
+        in_flight = [e for e in user if e.wire is not None and e.wire > self.server_last]
+        assert len(in_flight) <= MAX_INFLIGHT, in_flight
 
     @invariant()
     def nothing_lost(self) -> None:
