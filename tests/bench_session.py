@@ -1,11 +1,11 @@
 """Benchmark: what session mode costs in throughput, and what it keeps through hub kills.
 
-Run it with ``.venv/bin/python -m tests.bench_session`` (about a minute and a half). Every
+Run it with ``.venv/bin/python -m tests.bench_session`` (about 15 s). Every
 figure is measured in the same run; nothing is quoted from elsewhere.
 
 **Throughput, 1 KB messages on loopback.** One client sends ``N`` text messages of the same
-1,024-character payload (random letters, so compression could not help; it is off on every
-server anyway) as fast as it can; the clock runs from the first send until the *server's
+1,024-character payload (random ASCII letters; compression is off on every server) as fast
+as it can; the clock runs from the first send until the *server's
 handler* has received the ``N``-th message (connection set-up and close are outside it).
 Server and client share one process and one event loop, the same for every variant, so
 every figure is the cost of both ends on one core. Variants, a fresh server and client per
@@ -19,19 +19,25 @@ reported:
   (``adapters.hub.serve``) with its in-memory store, the hub's handler counting.
 * **tether session, SQLiteStore**: the same with an ``SQLiteStore`` (WAL,
   ``synchronous=FULL``): every delivery is a committed transaction with an ``fsync``
-  before its acknowledgement. Its file lives in a ``mkdtemp`` directory; the filesystem is
-  printed. Time-boxed at ``TIME_BOX`` s (the rate is then what arrived by then).
+  before its acknowledgement. A fresh file per run, in a ``mkdtemp`` directory whose
+  filesystem is printed. Time-boxed at ``TIME_BOX`` s (the rate is then what arrived by then).
 
 tether's ``send()`` queues into the bounded outbox (1,000 messages by default); when it is
 full the benchmark yields to the loop until there is room (``link.lifecycle.outbox``), so
-the outbox is the window. In session mode it drains as the hub acknowledges (every 32
-messages or 50 ms); in plain mode as frames are written.
+the outbox is the window (its 1,000 equal the hub's ``max_inflight``). In session mode it
+drains as the hub acknowledges (every 32 messages or 50 ms); in plain mode as frames are
+written.
 
 **Faults.** ``FAULT_MESSAGES`` messages ``{"id": i}`` from one session-mode client, at most
 ``WINDOW`` unacknowledged at a time, through ``KILLS`` SIGKILLs of the hub, a subprocess
 (``adapters.hub.serve`` in a small script, ``HUB``) restarted each time on the same port
-(and, for SQLite, the same file). Kill ``k`` falls just before message ``k * 1000 / 6`` is
-sent, so the kills are spread over the stream and each hits a hub with messages in flight.
+(and, for SQLite, the same file). The sender yields to the loop after every message. Kill
+``k`` falls a seeded random ``U[0, KILL_DELAY)`` after message ``k * FAULT_MESSAGES / 6`` is
+sent (or after the previous kill's reconnect, if that is later: every kill hits a hub the
+client is connected to), while the stream flows, so the kills are spread over it and land
+at random points of the hub's work (in a handler, in a commit, idle). Where each kill fell
+(messages sent, messages held unacknowledged) is printed.
+
 What the hub *delivered to its handler* is measured at the handler, durably:
 
 * SQLite store: the handler registers ``session.record(effect)``, which inserts the id
@@ -98,6 +104,8 @@ KILLS = 5
 WINDOW = 100  #: fault runs: at most this many messages unacknowledged at the client
 START_LIMIT = 10.0  #: s for a hub to print its port, or a link to go ONLINE
 SETTLE_LIMIT = 60.0  #: s for a fault run's last message to be acknowledged
+KILL_DELAY = 0.002  #: s; kill k falls U[0, KILL_DELAY) after message k * 1000 / 6 is sent
+SEED = 20_240_501  #: of the kill delays
 BACKOFF = Backoff(initial=0.05, cap=0.5)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,8 +256,8 @@ async def _plain_server_run(payload: str, *, tether: bool) -> Run:
             return await _timed(send_all, arrivals)
 
 
-async def _hub_run(payload: str, store: SessionStore | None) -> Run:
-    """The reference hub (``store`` None: its own MemoryStore), its handler counting."""
+async def _hub_run(payload: str, store: SessionStore) -> Run:
+    """The reference hub on ``store``, its handler counting."""
     arrivals = Arrivals(N)
 
     def count(session: Session, data: Any) -> None:
@@ -275,7 +283,7 @@ async def throughput(tmp: Path, progress: Callable[[str], None]) -> dict[str, li
     variants: dict[str, Callable[[str], Awaitable[Run]]] = {
         RAW: lambda text: _plain_server_run(text, tether=False),
         PLAIN: lambda text: _plain_server_run(text, tether=True),
-        SESSION_MEMORY: lambda text: _hub_run(text, None),
+        SESSION_MEMORY: lambda text: _hub_run(text, MemoryStore()),
         SESSION_SQLITE: sqlite_run,
     }
     results: dict[str, list[Run]] = {name: [] for name in variants}
@@ -353,14 +361,20 @@ class Faults:
     duplicated: int = 0  #: extra deliveries (records with SQLite, calls with memory)
     calls: int = 0  #: handler calls (the log), at-least-once
     records: int | None = None  #: rows committed with deliveries (SQLite only)
+    in_order: bool | None = None  #: the rows are in id order (SQLite only)
     rebuilds: int = 0
     rebuild_epochs: int = 0
     hub_epochs: int = 0
     reconnects: int = 0
     attempts: int = 0
-    held_at_kills: list[int] = field(default_factory=list)
-    undelivered: int = 0
+    kills: list[tuple[int, int]] = field(default_factory=list)  #: (sent, held) at each
+    undelivered: int = 0  #: handed back by close()
     hub_stderr_lines: int = 0
+
+    @property
+    def held_at_kills(self) -> list[int]:
+        """Messages the client held unacknowledged at each kill."""
+        return [held for _, held in self.kills]
 
 
 async def _run_faults(kind: str, directory: Path) -> Faults:
@@ -373,27 +387,55 @@ async def _run_faults(kind: str, directory: Path) -> Faults:
     async def count_rebuild(link: Link) -> None:
         epochs.append(link.lifecycle.epoch)
 
-    restart: asyncio.Task[None] | None = None
+    rng = random.Random(SEED + len(kind))
+    killer: asyncio.Task[None] | None = None
+
+    async def kill_and_restart(delay: float) -> None:
+        """SIGKILL the hub ``delay`` s from now, restart it, and return once the link has
+        reconnected to the new one (so that no kill hits a hub the client never saw)."""
+        await asyncio.sleep(delay)
+        outbox = link.lifecycle.outbox
+        result.kills.append((outbox.next_seq - 1, len(outbox)))
+        before = link.statistics()["reconnects"]
+        await hub.kill()
+        await hub.start()
+        deadline = loop.time() + START_LIMIT
+        while link.statistics()["reconnects"] == before:
+            if loop.time() > deadline:
+                raise BenchError(f"{kind}: no reconnect {START_LIMIT} s after the hub "
+                                 f"restarted; link {link.state} ({link.reason})")
+            await asyncio.sleep(0.002)
+
+    def next_kill() -> asyncio.Task[None]:
+        return asyncio.ensure_future(kill_and_restart(rng.uniform(0.0, KILL_DELAY)))
+
     link = connect(hub.url, session=True, on_rebuild=count_rebuild, backoff=BACKOFF,
                    name=f"bench-faults-{kind}")
     try:
         await link.start()
         await link.wait_for(State.ONLINE, timeout=START_LIMIT)
         outbox = link.lifecycle.outbox
-        kill_before = {round(FAULT_MESSAGES * k / (KILLS + 1)) for k in range(1, KILLS + 1)}
+        marks = [round(FAULT_MESSAGES * k / (KILLS + 1)) for k in range(1, KILLS + 1)]
+        started_kills = 0
         start = loop.time()
         for ident in range(1, FAULT_MESSAGES + 1):
-            if ident in kill_before:
-                if restart is not None:
-                    await restart  # the previous hub is up (it acknowledged since)
-                result.held_at_kills.append(len(outbox))
-                await hub.kill()
-                restart = asyncio.ensure_future(hub.start())
             while len(outbox) >= WINDOW:
                 await asyncio.sleep(0.001)
             await link.send({"id": ident})
-        if restart is not None:
-            await restart
+            await asyncio.sleep(0)  # a kill that is due runs now, not a window later
+            if killer is not None and killer.done():
+                killer.result()  # a hub that did not come back fails the run now
+            if started_kills < KILLS and ident >= marks[started_kills] and \
+                    (killer is None or killer.done()):
+                killer = next_kill()
+                started_kills += 1
+        while started_kills < KILLS:  # only if the stream outran the restarts
+            assert killer is not None
+            await killer
+            killer = next_kill()
+            started_kills += 1
+        if killer is not None:
+            await killer
         deadline = loop.time() + SETTLE_LIMIT
         while len(outbox):
             if loop.time() > deadline:
@@ -406,8 +448,9 @@ async def _run_faults(kind: str, directory: Path) -> Faults:
         result.reconnects, result.attempts = stats["reconnects"], stats["attempts"]
     finally:
         result.undelivered = len(await link.close())
-        if restart is not None:
-            await asyncio.gather(restart, return_exceptions=True)
+        if killer is not None:
+            killer.cancel()
+            await asyncio.gather(killer, return_exceptions=True)
         await hub.stop()
 
     result.rebuilds, result.rebuild_epochs = len(epochs), len(set(epochs))
@@ -416,8 +459,10 @@ async def _run_faults(kind: str, directory: Path) -> Faults:
     result.calls = len(calls)
     if kind == "sqlite":
         with contextlib.closing(sqlite3.connect(hub.db)) as db:
-            delivered = [int(row[0]) for row in db.execute("SELECT id FROM received")]
+            delivered = [int(row[0]) for row in
+                         db.execute("SELECT id FROM received ORDER BY rowid")]
         result.records = len(delivered)
+        result.in_order = delivered == sorted(delivered)
     else:
         delivered = calls
     seen = Counter(delivered)
@@ -503,35 +548,44 @@ def _report_throughput(results: dict[str, list[Run]]) -> None:
           "client in one process, one loop")
 
 
+STORES = {"sqlite": "SQLiteStore", "memory": "MemoryStore"}
+
+
 def _report_faults(results: list[Faults]) -> None:
-    print(f"Faults: {FAULT_MESSAGES:,} messages through {KILLS} SIGKILLs of the hub "
-          f"(restarted on the same port{' and file' if results else ''}), session mode, "
-          f"window {WINDOW}")
-    print(_row("store", "lost", "duplicated", "rebuilds", "reconnects", "attempts",
-               "time"))
+    print(f"Faults: {FAULT_MESSAGES:,} messages in session mode, at most {WINDOW} "
+          f"unacknowledged, through {KILLS} SIGKILLs of the hub")
+    print("(a subprocess restarted on the same port, and on the same file for SQLite)")
+    print(_row("store", "lost", "duplicated", "rebuilds", "reconnects", "attempts", "time"))
     for faults in results:
-        print(_row(f"{faults.kind} (expect 0, {'0' if faults.kind == 'sqlite' else '>=0'}, "
-                   f"{1 if faults.kind == 'sqlite' else KILLS + 1})",
-                   f"{len(faults.lost)}", f"{faults.duplicated}", f"{faults.rebuilds}",
-                   f"{faults.reconnects}", f"{faults.attempts}", f"{faults.seconds:.2f} s"))
+        print(_row(STORES[faults.kind], f"{len(faults.lost)}", f"{faults.duplicated}",
+                   f"{faults.rebuilds}", f"{faults.reconnects}", f"{faults.attempts}",
+                   f"{faults.seconds:.2f} s"))
+    print("  expected: SQLiteStore 0 lost, 0 duplicated, 1 rebuild (one epoch); MemoryStore "
+          "0 lost, duplicates at most")
+    print(f"  the messages held unacknowledged at the kills, {KILLS + 1} rebuilds (one per "
+          f"epoch); {KILLS} reconnects each")
     for faults in results:
-        held = sum(faults.held_at_kills)
+        name, pad = STORES[faults.kind], " " * len(STORES[faults.kind])
         if faults.kind == "sqlite":
-            print(f"  sqlite: measured by rows that session.record() committed with each "
-                  f"delivery: {faults.records:,}; handler calls {faults.calls:,} "
-                  f"({faults.calls - (faults.records or 0)} made again after a kill "
-                  f"killed their commit: at-least-once calls, exactly-once records)")
+            print(f"  {name}: measured by the rows session.record() committed with each "
+                  f"delivery: {faults.records:,}, in id order: "
+                  f"{'yes' if faults.in_order else 'NO'}")
+            print(f"  {pad}  handler calls {faults.calls:,}: "
+                  f"{faults.calls - (faults.records or 0)} made again after a kill cut "
+                  f"their commit (calls at-least-once, records exactly once)")
         else:
-            print(f"  memory: measured by the handler's call log: {faults.calls:,} calls; "
-                  f"duplicates {faults.duplicated} <= messages the client held "
-                  f"unacknowledged at the kills, {held}: "
-                  f"{'yes' if faults.duplicated <= held else 'NO'}")
-        print(f"  {faults.kind}: rebuild epochs seen by the client {faults.rebuild_epochs}, "
-              f"distinct hub epochs {faults.hub_epochs} over {KILLS + 1} hub processes; "
-              f"held at each kill {faults.held_at_kills}; handed back "
-              f"{faults.undelivered}; hub stderr lines {faults.hub_stderr_lines}")
+            held = sum(faults.held_at_kills)
+            print(f"  {name}: measured by the handler's call log (no transaction to join): "
+                  f"{faults.calls:,} calls")
+            print(f"  {pad}  duplicates {faults.duplicated} <= {held} held unacknowledged "
+                  f"at the kills: {'yes' if faults.duplicated <= held else 'NO'}")
+        print(f"  {pad}  kills at (messages sent, held unacknowledged): "
+              + ", ".join(f"({sent}, {held})" for sent, held in faults.kills))
+        print(f"  {pad}  epochs: {faults.rebuild_epochs} rebuilt for by the client, "
+              f"{faults.hub_epochs} distinct over {KILLS + 1} hub processes; handed back "
+              f"at close {faults.undelivered}; hub stderr lines {faults.hub_stderr_lines}")
         if faults.lost:
-            print(f"  {faults.kind}: LOST ids {faults.lost[:20]}"
+            print(f"  {pad}  LOST ids {faults.lost[:20]}"
                   f"{' ...' if len(faults.lost) > 20 else ''}")
 
 
@@ -541,6 +595,8 @@ def _verdicts(results: list[Faults]) -> list[str]:
         expected_rebuilds = 1 if faults.kind == "sqlite" else KILLS + 1
         if faults.lost:
             problems.append(f"{faults.kind}: {len(faults.lost)} messages lost")
+        if faults.kind == "sqlite" and faults.in_order is False:
+            problems.append(f"{faults.kind}: deliveries out of order")
         if faults.kind == "sqlite" and faults.duplicated:
             problems.append(f"{faults.kind}: {faults.duplicated} duplicated deliveries")
         if faults.kind == "memory" and faults.duplicated > sum(faults.held_at_kills):
@@ -593,11 +649,13 @@ def main() -> int:
     _report_throughput(results)
     print()
     _report_faults(faults)
-    levels = Counter(record.levelname for record in logs.records)
-    print(f"  tether log records at WARNING or above during the run: "
-          f"{dict(levels) if levels else 'none'}")
-    for record in logs.records[:5]:
-        print(f"    {record.name} {record.levelname}: {record.getMessage()[:150]}")
+    kills = [r for r in logs.records if "online -> stale" in r.getMessage()]
+    others = Counter(f"{r.name} {r.levelname}: {r.getMessage()}" for r in logs.records
+                     if r not in kills)
+    print(f"  tether log records at WARNING or above: {len(kills)} 'online -> stale' (one per "
+          f"kill: the link's report of the broken connection), {sum(others.values())} others")
+    for text, count in others.most_common(5):
+        print(f"    {count} x {text[:200]}")
     problems = _verdicts(faults)
     for problem in problems:
         print(f"UNEXPECTED: {problem}")
