@@ -95,6 +95,7 @@ from adapters.stores import (
     SQLiteStore,
     Unauthorized,
 )
+from adapters.websocket import wire_logger
 from fsm import protocol
 from fsm.errors import OutboxFull
 from fsm.heartbeat import Heartbeat
@@ -541,7 +542,7 @@ class Hub:
         self._server = await ws_serve(
             self._connection, host, port, ping_interval=None, ping_timeout=None,
             max_size=2 * self.limits.max_frame, close_timeout=1.0, compression=None,
-            **options)
+            logger=wire_logger, **options)
         self._housekeeper = asyncio.create_task(self._housekeeping())
         logger.info("= hub listening on %s:%d, epoch %s, %d sessions", host, self.port,
                     self.epoch, len(self._sessions))

@@ -617,7 +617,11 @@ class Link:
         if not isinstance(frame, Welcome):
             raise ProtocolViolation("handshake",
                                     f"expected welcome, got {type(frame).__name__.lower()}")
-        self._session.welcomed(frame)
+        self._session.welcomed(frame)  # checks the session is the one we asked for
+        highest = self._core.outbox.next_wire - 1
+        if frame.resumed and frame.ack > highest:
+            raise ProtocolViolation("ack", f"welcome acknowledges {frame.ack}, but we sent "
+                                           f"only up to {highest} on this session")
         return frame
 
     def _dial_failed(self, event: ConnectFailed, generation: int) -> None:

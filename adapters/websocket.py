@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -45,13 +46,36 @@ from fsm.errors import Broken, Closed, Refused, RemoteProtocolError, TimedOut, T
 from fsm.lifecycle import DEFAULT_HANDSHAKE_TIMEOUT
 from fsm.outbox import DEFAULT_LIMIT
 
-__all__ = ["DEFAULT_MAX_SIZE", "WebSocketDialer", "WebSocketTransport", "connect"]
+__all__ = ["DEFAULT_MAX_SIZE", "WebSocketDialer", "WebSocketTransport", "connect", "wire_logger"]
 
 #: Largest inbound message accepted: 1 MiB, websockets' default. Bigger frames close the
 #: connection with 1009 and the link recovers on a new one.
 DEFAULT_MAX_SIZE = 2**20
 
 _EOF = object()
+
+
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+class _NoSecrets(logging.Filter):
+    """websockets logs every frame ("> %s", "< %s") and every handshake header
+    ("> %s: %s") at DEBUG. A session ``hello`` carries the secret resume token and
+    headers carry credentials, so frame contents never reach a log record and credential
+    headers are redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in ("> %s", "< %s"):
+            return False
+        if record.msg in ("> %s: %s", "< %s: %s") and isinstance(record.args, tuple) \
+                and record.args and str(record.args[0]).lower() in _SECRET_HEADERS:
+            record.args = (record.args[0], "<redacted>")
+        return True
+
+
+#: The logger handed to websockets on both ends: its own lines, without frame contents.
+wire_logger = logging.getLogger("tether.wire")
+wire_logger.addFilter(_NoSecrets())
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -231,6 +255,7 @@ class WebSocketDialer:
                 ping_interval=None,
                 ping_timeout=None,
                 max_size=self.max_size,
+                logger=wire_logger,
                 **options,
             )
         except Exception as error:

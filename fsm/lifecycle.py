@@ -558,9 +558,13 @@ class Lifecycle:
             self.perform(HandBack(tuple(undelivered), reason=f"link {self.state}: {self._reason}"))
 
     def record_change(self, event_data: EventData) -> None:
-        old = _source(event_data)
-        if old == self.state:
+        # Every external transition is announced, a reflexive one too (a failed redial
+        # while recovering): listeners learn why each attempt failed, as Ably's "update".
+        # Internal transitions (dest None) change nothing and are not announced.
+        assert event_data.transition is not None
+        if event_data.transition.dest is None:
             return
+        old = _source(event_data)
         self._time_in[old] = self._time_in.get(old, 0.0) + (self._now - self._entered_at)
         self._entered_at = self._now
         self._state_reason = self._reason

@@ -153,6 +153,8 @@ def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
         body = json.loads(text, parse_constant=_reject_constant)
     except ValueError as error:
         raise ProtocolViolation("malformed", f"not JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolViolation("malformed", "JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise ProtocolViolation("malformed", f"frame is a JSON {type(body).__name__}, "
                                              f"not an object")
