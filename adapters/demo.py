@@ -144,7 +144,12 @@ async def _agent(url: str, timeline: Timeline, outcome: dict[str, Any]) -> Link:
         timeline.say("tether", f"rebuild #{rebuilds}: registered alice with this studio")
 
     def changed(change: StateChange) -> None:
-        timeline.say("tether", f"{change.old} -> {change.new}: {change.reason}")
+        retry = f"; next dial in {change.retry_in:.2f} s" if change.retry_in is not None else ""
+        if change.old == change.new:  # a failed redial while recovering
+            timeline.say("tether", f"redial failed ({change.reason.split(':')[1].strip()})"
+                                   f"{retry}")
+            return
+        timeline.say("tether", f"{change.old} -> {change.new}: {change.reason}{retry}")
         if change.new == State.STALE:
             outcome.setdefault("stale_at", timeline.at())
         if change.new == State.ONLINE and "stale_at" in outcome:

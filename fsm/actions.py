@@ -90,12 +90,15 @@ class HandBack(Action):
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """One change of state: old, new, why, and when (the ``now`` that caused it)."""
+    """One change of state: old, new, why, and when (the ``now`` that caused it).
+    ``retry_in``: seconds until the next dial, when the link is waiting out a backoff
+    delay (Ably's ``retryIn``); ``None`` otherwise."""
 
     old: str
     new: str
     reason: str
     at: float
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

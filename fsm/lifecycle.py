@@ -568,7 +568,9 @@ class Lifecycle:
         self._time_in[old] = self._time_in.get(old, 0.0) + (self._now - self._entered_at)
         self._entered_at = self._now
         self._state_reason = self._reason
-        change = StateChange(old=str(old), new=str(self.state), reason=self._reason, at=self._now)
+        retry_in = None if self._dial_at is None else max(0.0, self._dial_at - self._now)
+        change = StateChange(old=str(old), new=str(self.state), reason=self._reason,
+                             at=self._now, retry_in=retry_in)
         self.perform(NotifyStateChange(change))
 
 

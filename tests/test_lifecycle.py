@@ -927,3 +927,17 @@ def test_session_flow_respects_the_servers_max_inflight() -> None:
     more = [a for a in lc.handle(MessagesAcked(upto=1), 0.75) if isinstance(a, Transmit)]
     assert [e.payload for t in more for e in t.envelopes] == [2]  # one acked: one more
     assert (lc.outbox.inflight, lc.outbox.pending) == (2, 2)
+
+
+def test_state_changes_say_when_the_next_dial_is() -> None:
+    lc = make()
+    lc.handle(Started(), 0.0)
+    actions = lc.handle(ConnectFailed(Refused("refused")), 0.5)
+    change = next(a.change for a in actions if isinstance(a, NotifyStateChange))
+    deadline = lc.next_deadline()
+    assert deadline is not None and change.retry_in == pytest.approx(deadline - 0.5)
+    again = lc.handle(DeadlineReached(), deadline)  # dials ...
+    again = lc.handle(ConnectFailed(Refused("refused")), deadline + 0.1)  # ... and fails
+    redial = next(a.change for a in again if isinstance(a, NotifyStateChange))
+    assert (redial.old, redial.new) == ("recovering", "recovering")  # announced, with why
+    assert "refused" in redial.reason and redial.retry_in is not None
