@@ -156,7 +156,8 @@ def classify(error: BaseException) -> Verdict:
     """
     what = f"{type(error).__name__}: {error}"
     if isinstance(error, TransportError) and error.fatal is not None:
-        return Verdict(retry=not error.fatal, reason=what)
+        retry_after = None if error.fatal else getattr(error, "retry_after", None)
+        return Verdict(retry=not error.fatal, reason=what, retry_after=retry_after)
     if isinstance(error, Refused) and error.status is not None:
         if error.status in RETRYABLE_STATUSES:
             return Verdict(retry=True, reason=what, retry_after=error.retry_after)

@@ -120,3 +120,8 @@ def test_hierarchy() -> None:
     for cls in (Refused, Closed, Broken, TimedOut, RemoteProtocolError):
         assert issubclass(cls, TransportError)
         assert issubclass(cls, TetherError)
+
+
+def test_an_explicitly_retryable_error_keeps_its_retry_after() -> None:
+    verdict = classify(Refused("busy", retry_after=2.5, fatal=False))
+    assert verdict.retry and verdict.retry_after == 2.5
