@@ -172,22 +172,6 @@ class _HandlerFailed(Exception):
     """The handler (or the commit after it) raised: the message was not delivered."""
 
 
-class _Outbox(Outbox):
-    """An outbox that can be refilled from the store after a restart."""
-
-    __slots__ = ()
-
-    def restore(self, next_wire: int, messages: Sequence[tuple[int, Any]]) -> None:
-        """Hold ``messages`` (wire number, data) in flight; number the next ``next_wire``.
-        ``fsm.outbox.Outbox`` has no public way to do this; see the report."""
-        if len(self):
-            raise ValueError("restore() needs an empty outbox")
-        for wire, payload in messages:
-            self._inflight.append(Envelope(self._next_seq, payload, wire=wire))
-            self._next_seq += 1
-        self._next_wire = next_wire
-
-
 @dataclass(slots=True)
 class _Delivery:
     """One client message being handled: what its commit will record."""
@@ -201,33 +185,6 @@ class _Delivery:
 
 _current: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
     "tether_hub_delivery", default=None)
-
-
-def _encode(frame: protocol.Frame) -> str:
-    """:func:`fsm.protocol.encode`, except that a ``msg`` whose data is JSON ``null`` keeps
-    its ``"data": null`` (``encode`` leaves out every ``None`` member, and ``decode``
-    then refuses the frame as lacking ``data``; see the report)."""
-    if isinstance(frame, Msg) and frame.data is None:
-        return json.dumps({"type": "msg", "seq": frame.seq, "ack": frame.ack, "data": None},
-                          separators=(",", ":"))
-    return protocol.encode(frame)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
-
-
-def _decode(text: str | bytes, max_frame: int) -> protocol.Frame:
-    """:func:`fsm.protocol.decode`, plus what it lets through: ``NaN`` and ``Infinity``
-    are not JSON (``json.loads`` accepts them; see the report). Checked only when the
-    text contains one, so the common case parses once."""
-    frame = protocol.decode(text, max_frame=max_frame)
-    if isinstance(text, str) and ("NaN" in text or "Infinity" in text):
-        try:
-            json.loads(text, parse_constant=_no_constant)
-        except ValueError as error:
-            raise ProtocolViolation("malformed", f"not JSON: {error}") from None
-    return frame
 
 
 class _Connection:
@@ -249,7 +206,7 @@ class _Connection:
         if not isinstance(frame, ErrorFrame):
             self.ack_sent = max(self.ack_sent, frame.ack)
         logger.debug("> %s %.200r", self.address, frame)
-        self._queue.append(_encode(frame))
+        self._queue.append(protocol.encode(frame))
         self._ready.set()
 
     async def _write_loop(self) -> None:
@@ -302,7 +259,7 @@ class Session:
         self.created = record.created
         self.delivered = 0
         self._hub = hub
-        self._outbox = _Outbox(hub.limits.outbox)
+        self._outbox = Outbox(hub.limits.outbox)
         self._receiver = Receiver(last=record.last_in, ack_delay=hub.ack_delay,
                                   ack_every=hub.ack_every)
         self._committed = record.last_in
@@ -612,7 +569,7 @@ class Hub:
         except TimeoutError:
             raise ProtocolViolation("handshake", f"no hello within "
                                                  f"{self.limits.hello_timeout} s") from None
-        frame = _decode(text, self.limits.max_frame)
+        frame = protocol.decode(text, max_frame=self.limits.max_frame)
         if not isinstance(frame, Hello):
             raise ProtocolViolation("handshake", f"expected hello, got "
                                                  f"{type(frame).__name__.lower()}")
@@ -710,7 +667,7 @@ class Hub:
             text = await conn.ws.recv()
             if session._conn is not conn:
                 return  # taken over by a newer connection
-            frame = _decode(text, self.limits.max_frame)
+            frame = protocol.decode(text, max_frame=self.limits.max_frame)
             logger.debug("< %s %.200r", session.id, frame)
             self._heard(session, self._loop.time())
             if isinstance(frame, ErrorFrame):

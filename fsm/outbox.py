@@ -105,6 +105,17 @@ class Outbox:
         self._pending.append(envelope)
         return envelope, evicted
 
+    def restore(self, next_wire: int, messages: Iterable[tuple[int, Any]]) -> None:
+        """Refill an empty outbox from a durable store after a restart: ``messages`` are
+        (wire number, payload) still unacknowledged, held in flight for replay; the next
+        transmitted message gets ``next_wire``."""
+        if len(self):
+            raise ValueError(f"restore() needs an empty outbox, this one holds {len(self)}")
+        for wire, payload in messages:
+            self._inflight.append(Envelope(self._next_seq, payload, wire=wire))
+            self._next_seq += 1
+        self._next_wire = next_wire
+
     def push_urgent(self, payload: Any) -> Envelope:
         """Accept a rebuild hook's message for immediate transmission (in flight at once,
         stamped with the next wire number). Not bounded by ``limit``: a rebuild sends a

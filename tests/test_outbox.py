@@ -184,3 +184,13 @@ def test_a_resume_ack_settles_rewound_messages_too() -> None:
     outbox.rewind()
     assert [e.payload for e in outbox.ack(2)] == ["a", "b"]
     assert [(e.payload, e.wire) for e in outbox.take_replays()] == [("c", 3)]
+
+
+def test_restore_refills_an_empty_outbox_for_replay() -> None:
+    outbox = Outbox()
+    outbox.restore(8, [(5, "a"), (7, "b")])  # what a durable store still held unacked
+    assert [(e.payload, e.wire) for e in outbox.ack(5)] == [("a", 5)]
+    outbox.push("c")
+    assert [(e.payload, e.wire) for e in outbox.take(track=True)] == [("c", 8)]
+    with pytest.raises(ValueError, match="needs an empty outbox"):
+        outbox.restore(1, [])
