@@ -179,11 +179,11 @@ def decode(frame: Frame) -> Any:
 class _Pending:
     """A request waiting for its response."""
 
-    __slots__ = ("future", "id", "payload", "seq")
+    __slots__ = ("future", "payload", "seq")
 
-    def __init__(self, request_id: str, payload: Any, future: asyncio.Future[Any]) -> None:
-        self.id, self.payload, self.future = request_id, payload, future
-        self.seq = 0  # outbox sequence number of its latest copy
+    def __init__(self, payload: Any, future: asyncio.Future[Any], seq: int) -> None:
+        self.payload, self.future = payload, future
+        self.seq = seq  # outbox sequence number of its latest copy
 
 
 class Link:
@@ -382,8 +382,8 @@ class Link:
                              f"max_frame of {self._session.max_frame} bytes")
 
     def _in_rebuild(self) -> bool:
-        """True when called from the rebuild (or custom action) task of the current
-        connection: its messages go out at once, ahead of the outbox. A hook whose
+        """True when called from the rebuild task of the current connection: its
+        messages go out at once, ahead of the outbox. A hook whose
         connection is already gone is cancelled here, so that its messages are not
         queued as ordinary ones and doubled by the next rebuild."""
         generation = _rebuilding.get()
@@ -406,12 +406,8 @@ class Link:
         if request_id in self._pending:
             raise ValueError(f"a request with id {request_id!r} is already pending")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        pending = _Pending(request_id, {**payload, "id": request_id}, future)
-        if self._session is not None:
-            self._check_session_payload(pending.payload)
-        pending.seq = self._core.outbox.next_seq
-        # may raise OutboxFull: then nothing is pending
-        self._feed(SendRequested(pending.payload, urgent=self._in_rebuild()))
+        pending = _Pending({**payload, "id": request_id}, future, self._core.outbox.next_seq)
+        await self.send(pending.payload)  # may raise: then nothing is pending
         self._pending[request_id] = pending
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -618,11 +614,16 @@ class Link:
             raise ProtocolViolation("handshake",
                                     f"expected welcome, got {type(frame).__name__.lower()}")
         self._session.welcomed(frame)  # checks the session is the one we asked for
-        highest = self._core.outbox.next_wire - 1
-        if frame.resumed and frame.ack > highest:
-            raise ProtocolViolation("ack", f"welcome acknowledges {frame.ack}, but we sent "
-                                           f"only up to {highest} on this session")
+        if frame.resumed:
+            self._check_ack(frame.ack, "welcome acknowledges")
         return frame
+
+    def _check_ack(self, ack: int, what: str = "server acknowledged") -> None:
+        """PROTOCOL.md 4.5: an ack beyond what we sent on this session is an error."""
+        highest = self._core.outbox.next_wire - 1
+        if ack > highest:
+            raise ProtocolViolation("ack", f"{what} {ack}, but we sent only up to {highest} "
+                                           f"on this session")
 
     def _dial_failed(self, event: ConnectFailed, generation: int) -> None:
         if generation == self._generation:
@@ -674,10 +675,7 @@ class Link:
         if not isinstance(frame, Msg | Ack | Ping | Pong):
             raise ProtocolViolation("handshake", f"unexpected {type(frame).__name__.lower()} "
                                                  f"after the handshake")
-        highest = self._core.outbox.next_wire - 1
-        if frame.ack > highest:
-            raise ProtocolViolation("ack", f"server acknowledged {frame.ack}, but we sent "
-                                           f"only up to {highest}")
+        self._check_ack(frame.ack)
         # The frame first: it proves the peer alive, so no deadline may fire before it.
         if isinstance(frame, Msg):
             if receiver.receive(frame, self._now()):
@@ -717,10 +715,13 @@ class Link:
                 self._ack_timer = self._loop.call_at(deadline, self._send_ack,
                                                      context=contextvars.Context())
 
-    def _send_ack(self) -> None:
+    def _cancel_ack_timer(self) -> None:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
+
+    def _send_ack(self) -> None:
+        self._cancel_ack_timer()
         if self._session is not None and self._session.receiver.owed and \
                 self._transport is not None:
             self._write(protocol.encode(Ack(ack=self._session.receiver.acknowledged())))
@@ -793,9 +794,7 @@ class Link:
         generation, transport = self._generation, self._transport
         self._transport = None
         self._writes.clear()
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
+        self._cancel_ack_timer()
         tasks = self._tasks.pop(generation, set())
         for task in tasks:
             # The current task too: if it caused this drop (a writer whose report fired a

@@ -109,15 +109,13 @@ def translate(error: BaseException) -> TransportError:
         return Refused(f"TLS certificate verification failed: {error.verify_message}",
                        fatal=True)
     if isinstance(error, ConnectionClosed):
-        if error.rcvd is not None:
-            reason = f" ({error.rcvd.reason})" if error.rcvd.reason else ""
-            return Closed(f"peer closed the connection with code {error.rcvd.code}{reason}",
-                          code=error.rcvd.code)
-        if error.sent is not None:  # we closed it, e.g. 1009 for a frame over max_size
-            reason = f" ({error.sent.reason})" if error.sent.reason else ""
-            return Closed(f"closed the connection with code {error.sent.code}{reason}",
-                          code=error.sent.code)
-        return Broken(f"connection broke without a closing handshake: {error}")
+        # The peer's close frame if it sent one, else ours (1009 for a frame over max_size).
+        close, who = (error.rcvd, "peer closed") if error.rcvd is not None else \
+            (error.sent, "closed")
+        if close is None:
+            return Broken(f"connection broke without a closing handshake: {error}")
+        reason = f" ({close.reason})" if close.reason else ""
+        return Closed(f"{who} the connection with code {close.code}{reason}", code=close.code)
     if isinstance(error, TimeoutError):
         return TimedOut("opening handshake timed out")
     if isinstance(error, InvalidHandshake):
