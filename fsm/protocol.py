@@ -16,6 +16,7 @@ from fsm.errors import RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MAX_DEPTH",
     "VERSION",
     "Ack",
     "Error",
@@ -28,11 +29,36 @@ __all__ = [
     "Welcome",
     "decode",
     "encode",
+    "too_deep",
 ]
 
 VERSION = 1
 DEFAULT_MAX_FRAME = 2**20
+#: Deepest nesting of arrays and objects a message's ``data`` may have (PROTOCOL.md 1).
+#: Far below where Python's JSON codec gives up (about 1,000 levels, less when called
+#: deep in a stack), so a message accepted at one end can always be re-encoded at the
+#: other: both ends refuse deeper data, the sender at ``send()`` with a clear error.
+MAX_DEPTH = 64
 _MAX_INT = 2**53 - 1
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if ``value`` nests lists, tuples or dicts more than ``limit`` levels deep
+    (a scalar is depth 0, ``[]`` depth 1). Iterative: any depth is safe to ask about."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list | tuple))
+    return False
 
 
 class ProtocolViolation(RemoteProtocolError):
@@ -188,6 +214,9 @@ def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     if kind == "msg":
         if "data" not in body:
             raise ProtocolViolation("malformed", "msg frame lacks 'data'")
+        if too_deep(body["data"]):
+            raise ProtocolViolation("malformed", f"msg data nested deeper than "
+                                                 f"{MAX_DEPTH} levels")
         return Msg(seq=_member(body, kind, "seq", (int,)), ack=_member(body, kind, "ack", (int,)),
                    data=body["data"])
     if kind == "error":

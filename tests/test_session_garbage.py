@@ -350,6 +350,36 @@ def test_decode_deeply_nested_json_is_malformed() -> None:
     assert caught.value.code == "malformed"
 
 
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_too_deep_counts_levels_of_lists_and_dicts() -> None:
+    assert not protocol.too_deep(0, limit=0)
+    assert protocol.too_deep([], limit=0)
+    assert not protocol.too_deep({"a": [1, {"b": 2}]}, limit=3)
+    assert protocol.too_deep({"a": [1, {"b": []}]}, limit=3)
+    assert not protocol.too_deep(nested(protocol.MAX_DEPTH))
+    assert protocol.too_deep(nested(protocol.MAX_DEPTH + 1))
+    assert protocol.too_deep(nested(100_000))  # iterative: no RecursionError
+
+
+def test_msg_data_deeper_than_max_depth_is_malformed_and_names_the_limit() -> None:
+    """The protocol's named limit, the same at both ends: data one level deeper than
+    ``MAX_DEPTH`` is refused by the decoder, data at the limit round-trips, and the frame
+    around it (one level more) always re-encodes."""
+    ok = Msg(seq=1, ack=0, data=nested(protocol.MAX_DEPTH))
+    assert protocol.decode(protocol.encode(ok)) == ok
+    deep = protocol.encode(Msg(seq=1, ack=0, data=nested(protocol.MAX_DEPTH + 1)))
+    with pytest.raises(ProtocolViolation) as caught:
+        protocol.decode(deep)
+    assert caught.value.code == "malformed"
+    assert f"deeper than {protocol.MAX_DEPTH} levels" in str(caught.value)
+
+
 # -- the hub answers garbage ------------------------------------------------------------------
 
 @dataclass(frozen=True)
