@@ -25,6 +25,10 @@ alike, per direction (``"up"`` client to server, ``"down"`` server to client, ``
 ``clear``                 remove the wire faults
 ========================  ==============================================================
 
+The client side checks what websockets checks on a real socket: a frame larger than the
+dialer's ``max_size`` closes the connection with 1009, a text frame that is not valid
+Unicode (a lone surrogate: invalid UTF-8 on a real wire) with 1007.
+
 What it cannot model: there is no TCP below, so no backpressure (buffers are unbounded
 and ``send`` never blocks), no partial frames, no keepalive from the kernel. A reset or
 an abort reaches the other end at once, even through a delay or a black hole, and a
@@ -262,9 +266,10 @@ class ServerConnection(_End):
 class MemoryTransport(_End):
     """The client side of one in-memory connection; a :class:`Transport`."""
 
-    def __init__(self, close_timeout: float = 10.0) -> None:
+    def __init__(self, close_timeout: float = 10.0, max_size: int | None = None) -> None:
         super().__init__()
         self._close_timeout = close_timeout
+        self._max_size = max_size
         self._peer: ServerConnection
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._next_ping = 0
@@ -352,7 +357,26 @@ class MemoryTransport(_End):
                                   code=item.code))
                 self._out.transmit(item)  # answer the closing handshake
         elif isinstance(item, str | bytes):
-            self._push(item)
+            problem = self._refuse(item)
+            if problem is None:
+                self._push(item)
+            elif self._error is None:  # as websockets: fail the connection with a close
+                code, why = problem
+                self._fail(Closed(f"closed the connection with code {code} ({why})",
+                                  code=code))
+                self._out.transmit(_CloseFrame(code, why))
+
+    def _refuse(self, frame: Frame) -> tuple[int, str] | None:
+        """What websockets would refuse in an incoming frame: too big (1009), or text
+        that is not valid Unicode (1007)."""
+        if self._max_size is not None and len(frame) > self._max_size:
+            return 1009, f"frame of {len(frame)} characters over max_size {self._max_size}"
+        if isinstance(frame, str):
+            try:
+                frame.encode("utf-8")
+            except UnicodeEncodeError:
+                return 1007, "invalid UTF-8"
+        return None
 
 
 def _consume(waiter: asyncio.Future[float]) -> None:
@@ -556,9 +580,10 @@ class MemoryDialer:
     """A :class:`Dialer` to one :class:`MemoryServer` that remembers what it opened."""
 
     def __init__(self, server: MemoryServer, *, open_timeout: float | None = 10.0,
-                 close_timeout: float = 10.0) -> None:
+                 close_timeout: float = 10.0, max_size: int | None = 2**20) -> None:
         self.server = server
         self.open_timeout, self.close_timeout = open_timeout, close_timeout
+        self.max_size = max_size  #: as websockets' default: 1 MiB
         self.dials: list[dict[str, str]] = []  #: the headers of every dial, in order
         self.transports: list[MemoryTransport] = []  #: every transport opened
 
@@ -576,7 +601,7 @@ class MemoryDialer:
     async def dial(self, headers: Mapping[str, str]) -> MemoryTransport:
         """Open a transport; ``Refused`` if refused, ``TimedOut`` after ``open_timeout``."""
         self.dials.append(dict(headers))
-        transport = MemoryTransport(self.close_timeout)
+        transport = MemoryTransport(self.close_timeout, self.max_size)
         try:
             async with asyncio.timeout(self.open_timeout):
                 await self.server._connect(transport, dict(headers))

@@ -3,10 +3,11 @@
 :class:`LinkUnderFaults` is a hypothesis ``RuleBasedStateMachine``. Each example gets a
 fresh virtual-time event loop (``async_solipsism``), an in-memory server
 (:mod:`adapters.memory`) and a link built from :attr:`LinkUnderFaults.spec`; rules send
-messages, let virtual time pass, and switch faults on and off (reset, freeze, crash with
-state kept or lost, refuse, latency); after every step the invariants users rely on are
-checked, and a failing run is printed as a short program to paste back as a regression
-test. Use it to verify a custom lifecycle::
+messages, let virtual time pass, switch faults on and off (reset, freeze, crash with
+state kept or lost, refuse, latency), make the server hostile (frames nested 50,000
+deep, invalid UTF-8, oversize, random bytes) and make the user's callbacks raise; after
+every step the invariants users rely on are checked, and a failing run is printed as a
+short program to paste back as a regression test. Use it to verify a custom lifecycle::
 
     from adapters.testing import LinkUnderFaults
 
@@ -16,18 +17,33 @@ test. Use it to verify a custom lifecycle::
 
     TestMySpec = MySpecUnderFaults.TestCase
 
-Invariants (plain mode, which is what any server gives):
+Set ``session = True`` to run the same machine in session mode, against an in-memory
+session server (:class:`adapters.session_peer.SessionPeer`) that also sends messages to
+the client.
+
+Invariants, in both modes:
 
 * the state is always a declared state of the spec;
 * **no false online**: in a live state, the peer was heard within
   ``interval + timeout`` (plus time forgiven after a stall, plus one scheduling tick);
+* **a live state always has its deadline armed**: the driver's timer (or the timer task
+  handling it) is set no later than the core's next deadline. A driver task that dies
+  silently would break exactly this, and the link would show a frozen peer online;
 * **one transport**: never more than one transport open or opening;
-* **nothing doubled, order kept**: the server reads each message at most once, in send
-  order (plain mode may lose a message written into a socket that died; it never
-  duplicates one);
 * **liveness**: once every fault is cleared, the link is live again within
   ``backoff.cap + handshake_timeout + interval + timeout``;
 * **no leaks**: after ``close()``, no transport is open and no task is left.
+
+Plain mode (what any server gives): **nothing doubled, order kept**: the server reads
+each message at most once, in send order (plain mode may lose a message written into a
+socket that died; it never duplicates one).
+
+Session mode: **exactly once, in order, while the server keeps its state**: within each
+server epoch, the server delivers each message at most once and in send order, and the
+client's application takes each server message at most once and in order; **nothing
+lost**: once the faults are healed, every message ``send()`` accepted and did not hand
+back has been delivered (across epochs: a lost server state makes it at-least-once);
+the client never breaks the protocol.
 
 Needs the ``testing`` extra (hypothesis, async-solipsism).
 """
@@ -44,16 +60,34 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from adapters.link import ActionHandler, Link
+from adapters.link import ActionHandler, Link, Undelivered
 from adapters.memory import MemoryDialer, MemoryServer, ServerConnection
-from fsm import DEFAULT_SPEC, Backoff, Heartbeat, Spec
+from adapters.session_peer import SessionPeer
+from fsm import DEFAULT_SPEC, Backoff, Heartbeat, Spec, StateChange
 from fsm.actions import Action
 from fsm.errors import LinkClosedError, OutboxFull
 
-__all__ = ["LinkUnderFaults"]
+__all__ = ["HOSTILE_FRAMES", "LinkUnderFaults"]
 
 #: Slack for "one scheduling tick" on the virtual clock.
 TICK = 0.01
+#: The kit's transport frame limit (websockets' default is 1 MiB; smaller keeps it fast).
+MAX_SIZE = 64 * 1024
+
+#: Frames a hostile or broken server sends, by name. Plain mode delivers what it cannot
+#: decode raw (deep nesting, bytes) and drops the connection on what the transport
+#: refuses (invalid UTF-8: 1007, oversize: 1009); session mode treats all of them as the
+#: server breaking the protocol and resumes on a new connection.
+HOSTILE_FRAMES: dict[str, Callable[[random.Random], str | bytes]] = {
+    "deep": lambda rng: "[" * 50_000,
+    "invalid_utf8": lambda rng: '{"type":"msg","data":"\udcff\udcfe"}',
+    "oversize": lambda rng: "x" * (MAX_SIZE + 1),
+    "random_bytes": lambda rng: rng.randbytes(rng.randrange(1, 64)),
+}
+
+
+class CallbackRaised(Exception):
+    """What the kit's raising callbacks raise."""
 
 
 class LinkUnderFaults(RuleBasedStateMachine):
@@ -64,18 +98,31 @@ class LinkUnderFaults(RuleBasedStateMachine):
     heartbeat: ClassVar[Heartbeat] = Heartbeat(interval=1.0, timeout=1.0)
     backoff: ClassVar[Backoff] = Backoff(initial=0.05, cap=1.0, grace=2.0)
     handshake_timeout: ClassVar[float] = 2.0
+    session: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = async_solipsism.EventLoop()
         asyncio.set_event_loop(self.loop)
-        self.read: list[Any] = []  # what the server read, in order
-        self.server = MemoryServer(self._record, rng=random.Random(0))
-        self.dialer = MemoryDialer(self.server, open_timeout=None)
+        self.rng = random.Random(0)
+        self.read: list[Any] = []  # what the server read, in order (plain mode)
+        self.peer = SessionPeer() if self.session else None
+        self.server = MemoryServer(self.peer or self._record, rng=random.Random(0))
+        if self.peer is not None:
+            self.peer.attach(self.server)
+        self.dialer = MemoryDialer(self.server, open_timeout=None, max_size=MAX_SIZE)
+        self.callbacks_raise = False
         self.link = Link(self.dialer, heartbeat=self.heartbeat, backoff=self.backoff,
-                         spec=self.spec, on_action=dict(self.on_action),
-                         handshake_timeout=self.handshake_timeout, rng=random.Random(1))
+                         spec=self.spec, on_action=dict(self.on_action), session=self.session,
+                         handshake_timeout=self.handshake_timeout, rng=random.Random(1),
+                         correlate=self._correlate)
+        self.link.on_state_change(self._changed)
+        self.link.on_undelivered(self._handed_back)
         self.sent: list[int] = []
+        self.handed_back: set[int] = set()
+        self.server_sent = 0
+        self.sent_by_server: dict[tuple[str, str], list[int]] = {}  # by (epoch, session)
+        self.taken: list[tuple[str, int]] = []  # (epoch, n) the application took
         self.faults: set[str] = set()
         self._run(self.link.start())
 
@@ -89,12 +136,31 @@ class LinkUnderFaults(RuleBasedStateMachine):
     def _advance(self, seconds: float) -> None:
         self._run(asyncio.sleep(seconds))
 
-    def _do(self, fault: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Switch a fault from inside the loop, as the memory server expects."""
+    def _do(self, fault: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Switch a fault (or run a coroutine function) inside the loop."""
         async def switch() -> None:
-            fault(*args, **kwargs)
+            result = fault(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                await result
 
         self._run(switch())
+
+    # -- the user's callbacks, raising on demand ------------------------------------------
+
+    def _correlate(self, message: Any) -> str | None:
+        if self.callbacks_raise:
+            raise CallbackRaised("correlate")
+        return None
+
+    def _changed(self, change: StateChange) -> None:
+        if self.callbacks_raise:
+            raise CallbackRaised("on_state_change")
+
+    def _handed_back(self, item: Undelivered) -> None:
+        if isinstance(item.payload, str) and item.payload.isdigit():
+            self.handed_back.add(int(item.payload))
+        if self.callbacks_raise:
+            raise CallbackRaised("on_undelivered")
 
     # -- the user --------------------------------------------------------------------
 
@@ -110,6 +176,13 @@ class LinkUnderFaults(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([0.05, 0.3, 1.0, 2.5]))
     def time_passes(self, seconds: float) -> None:
         self._advance(seconds)
+
+    @precondition(lambda self: not self.callbacks_raise)
+    @rule()
+    def callbacks_start_raising(self) -> None:
+        """``correlate``, ``on_state_change`` and ``on_undelivered`` raise from now on:
+        the link must log them and carry on, every invariant intact."""
+        self.callbacks_raise = True
 
     # -- faults ------------------------------------------------------------------------
 
@@ -140,6 +213,22 @@ class LinkUnderFaults(RuleBasedStateMachine):
         self._do(self.server.delay, seconds)
         self.faults.add("latency")
 
+    @precondition(lambda self: "frozen" not in self.faults)
+    @rule(kind=st.sampled_from(sorted(HOSTILE_FRAMES)), count=st.integers(1, 3))
+    def hostile_frames(self, kind: str, count: int) -> None:
+        """The server sends frames nobody should have to accept (``HOSTILE_FRAMES``), in
+        a burst: a frame that kills the reader leaves the next one buffered for the
+        deadline path, where the seed bug of issue 7 lost the timer."""
+        frames = [HOSTILE_FRAMES[kind](self.rng) for _ in range(count)]
+
+        async def send_to_all() -> None:
+            for conn in self.server.connections:
+                for frame in frames:
+                    if not conn.closed:
+                        await conn.send(frame)
+
+        self._run(send_to_all())
+
     @precondition(lambda self: bool(self.faults))
     @rule()
     def heal(self) -> None:
@@ -150,6 +239,9 @@ class LinkUnderFaults(RuleBasedStateMachine):
         if not self.link.lifecycle.tags.final:
             assert self.link.lifecycle.tags.live, (
                 f"still {self.link.state} ({self.link.reason}) {bound:.1f} s after healing")
+            if self.peer is not None:
+                self._advance(self.heartbeat.interval)  # room for the outbox to flow
+                self._check_nothing_lost()
 
     def _heal(self) -> None:
         if "frozen" in self.faults:
@@ -160,6 +252,58 @@ class LinkUnderFaults(RuleBasedStateMachine):
             self._do(self.server.accept)
         self._do(self.server.clear)
         self.faults.clear()
+
+    # -- session mode: the server talks back ----------------------------------------------
+
+    def _peer_session(self) -> str | None:
+        """The client's session, if the server (still) holds it."""
+        assert self.peer is not None
+        session_id = self.link.session_id
+        return session_id if session_id in self.peer.sessions else None
+
+    @precondition(lambda self: self.peer is not None and self._peer_session() is not None
+                  and "frozen" not in self.faults)  # a frozen server sends nothing
+    @rule()
+    def server_sends(self) -> None:
+        """The server sends a message to the client's session."""
+        assert self.peer is not None
+        session_id = self._peer_session()
+        assert session_id is not None
+        self.server_sent += 1
+        self._do(self.peer.send, session_id, {"n": self.server_sent,
+                                             "epoch": self.peer.epoch})
+        self.sent_by_server.setdefault((self.peer.epoch, session_id), []).append(
+            self.server_sent)
+
+    @precondition(lambda self: self.peer is not None)
+    @rule()
+    def application_reads(self) -> None:
+        """The application takes every message waiting for it."""
+        self._read_everything()
+
+    def _read_everything(self) -> None:
+        async def drain() -> None:
+            while self.link.statistics()["inbound_depth"]:
+                message = await self.link.receive()
+                if isinstance(message, dict) and "n" in message:
+                    self.taken.append((message["epoch"], message["n"]))
+
+        self._run(drain())
+
+    def _check_nothing_lost(self) -> None:
+        assert self.peer is not None
+        delivered = {int(d) for ds in self.peer.delivered.values() for d in ds
+                     if isinstance(d, str) and d.isdigit()}
+        missing = set(self.sent) - self.handed_back - delivered
+        assert not missing, f"accepted by send(), never delivered nor handed back: {missing}"
+        # And the other way: what the server sent to the session the client holds
+        # reaches the application (a server that lost its state lost its messages).
+        self._read_everything()
+        epoch, session_id = self.peer.epoch, self.link.session_id
+        taken = {n for e, n in self.taken if e == epoch}
+        lost = set(self.sent_by_server.get((epoch, session_id or ""), ())) - taken
+        assert not lost, f"server messages to session {session_id} (epoch {epoch}) never " \
+                         f"reached the application: {sorted(lost)}"
 
     # -- invariants ---------------------------------------------------------------------
 
@@ -176,15 +320,36 @@ class LinkUnderFaults(RuleBasedStateMachine):
                 f"{core.state} after {silence:.3f} s of silence")
 
     @invariant()
+    def deadline_armed(self) -> None:
+        core = self.link.lifecycle
+        if core.tags.live:
+            armed, due = self.link.armed_deadline, core.next_deadline()
+            assert armed is not None, f"{core.state} with no deadline armed ({core.reason})"
+            assert due is not None and armed <= due + TICK, (
+                f"{core.state}: the timer is armed for {armed:.3f}, the core's deadline "
+                f"is {due}")
+
+    @invariant()
     def one_transport(self) -> None:
         assert self.dialer.open_transports <= 1, self.dialer.open_transports
 
     @invariant()
     def nothing_doubled_order_kept(self) -> None:
-        numbers = [int(frame) for frame in self.read if isinstance(frame, str)
-                   and frame.isdigit()]
-        assert len(numbers) == len(set(numbers)), f"read twice: {numbers}"
-        assert numbers == sorted(numbers), f"out of order: {numbers}"
+        if self.peer is None:
+            numbers = [int(frame) for frame in self.read if isinstance(frame, str)
+                       and frame.isdigit()]
+            assert len(numbers) == len(set(numbers)), f"read twice: {numbers}"
+            assert numbers == sorted(numbers), f"out of order: {numbers}"
+            return
+        for epoch, data in self.peer.delivered.items():
+            numbers = [int(d) for d in data if isinstance(d, str) and d.isdigit()]
+            assert numbers == sorted(set(numbers)), f"epoch {epoch}: delivered {numbers}"
+        by_epoch: dict[str, list[int]] = {}
+        for epoch, n in self.taken:
+            by_epoch.setdefault(epoch, []).append(n)
+        for epoch, numbers in by_epoch.items():
+            assert numbers == sorted(set(numbers)), f"epoch {epoch}: taken {numbers}"
+        assert not self.peer.violations, f"the client broke the protocol: {self.peer.violations}"
 
     def teardown(self) -> None:
         try:

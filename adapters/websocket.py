@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import re
 import ssl as ssl_module
 import time
+import urllib.parse
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
@@ -42,11 +44,13 @@ from websockets.exceptions import (
 from adapters.link import Headers, Link, RebuildHook
 from adapters.transport import Frame
 from fsm import Backoff, Heartbeat, Overflow
+from fsm.checks import count, seconds
 from fsm.errors import Broken, Closed, Refused, RemoteProtocolError, TimedOut, TransportError
 from fsm.lifecycle import DEFAULT_HANDSHAKE_TIMEOUT
-from fsm.outbox import DEFAULT_LIMIT
+from fsm.outbox import DEFAULT_LIMIT, DEFAULT_MAX_BYTES
 
-__all__ = ["DEFAULT_MAX_SIZE", "WebSocketDialer", "WebSocketTransport", "connect", "wire_logger"]
+__all__ = ["DEFAULT_MAX_SIZE", "WebSocketDialer", "WebSocketTransport", "connect", "redact_url",
+           "wire_logger"]
 
 #: Largest inbound message accepted: 1 MiB, websockets' default. Bigger frames close the
 #: connection with 1009 and the link recovers on a new one.
@@ -56,20 +60,52 @@ _EOF = object()
 
 
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+#: Query parameters that carry credentials by convention (OAuth's ``access_token``, API
+#: keys, signed URLs): their values never reach a log line or a ``repr``.
+_SECRET_PARAMETER = re.compile(
+    r"(token|key|secret|password|passwd|pwd|auth|signature|sig|credential|session)",
+    re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a request path) with credentials replaced by ``***``: the password of
+    the userinfo and the value of every query parameter whose name looks like a
+    credential (``access_token``, ``api_key``, ``sig``, ...)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{urllib.parse.quote(name, safe='')}="
+            f"{'***' if _SECRET_PARAMETER.search(name) else urllib.parse.quote(value, safe='')}"
+            for name, value in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class _NoSecrets(logging.Filter):
-    """websockets logs every frame ("> %s", "< %s") and every handshake header
-    ("> %s: %s") at DEBUG. A session ``hello`` carries the secret resume token and
-    headers carry credentials, so frame contents never reach a log record and credential
-    headers are redacted."""
+    """websockets logs every frame ("> %s", "< %s"), the request line ("> GET %s
+    HTTP/1.1" on a client, "< %s %s %s" on a server) and every handshake header
+    ("> %s: %s") at DEBUG. A session ``hello`` carries the secret resume token, headers
+    and URLs carry credentials: frame contents never reach a log record, credential
+    headers are redacted and so are credentials in request paths."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg in ("> %s", "< %s"):
             return False
-        if record.msg in ("> %s: %s", "< %s: %s") and isinstance(record.args, tuple) \
-                and record.args and str(record.args[0]).lower() in _SECRET_HEADERS:
-            record.args = (record.args[0], "<redacted>")
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        if record.msg in ("> %s: %s", "< %s: %s") and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "<redacted>")
+        elif record.msg == "> GET %s HTTP/1.1":
+            record.args = (redact_url(str(args[0])), *args[1:])
+        elif record.msg == "< %s %s %s" and len(args) == 3:
+            record.args = (args[0], redact_url(str(args[1])), args[2])
         return True
 
 
@@ -104,7 +140,7 @@ def translate(error: BaseException) -> TransportError:
             retry_after=_retry_after(response.headers.get("Retry-After")),
         )
     if isinstance(error, InvalidURI):
-        return Refused(f"invalid URI: {error}", fatal=True)
+        return Refused(f"invalid URI {redact_url(error.uri)}: {error.msg}", fatal=True)
     if isinstance(error, ssl_module.SSLCertVerificationError):
         return Refused(f"TLS certificate verification failed: {error.verify_message}",
                        fatal=True)
@@ -127,17 +163,23 @@ def translate(error: BaseException) -> TransportError:
     return Broken(f"unexpected {type(error).__name__}: {error}")
 
 
+#: Messages the transport's pump reads ahead of its reader. When they are not taken, the
+#: pump stops, websockets' own buffer fills (``max_queue``, 16 frames) and it stops reading
+#: the socket: TCP pushes back on the server, and memory stays bounded.
+READ_AHEAD = 16
+
+
 class WebSocketTransport:
     """One open ``websockets`` connection behind the :class:`Transport` interface.
 
-    A small pump task moves incoming messages into a queue so that
-    :meth:`receive_nowait` can read what is buffered without waiting; it ends with the
-    connection.
+    A small pump task moves incoming messages into a bounded queue (``READ_AHEAD``) so
+    that :meth:`receive_nowait` can read what is buffered without waiting; it ends with
+    the connection.
     """
 
     def __init__(self, connection: ClientConnection) -> None:
         self._ws = connection
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD)
         self._error: TransportError | None = None
         self._aborted = False
         self._pump = asyncio.ensure_future(self._run_pump())
@@ -145,14 +187,14 @@ class WebSocketTransport:
     async def _run_pump(self) -> None:
         try:
             async for message in self._ws:
-                self._queue.put_nowait(message)
+                await self._queue.put(message)
             await self._ws.wait_closed()
             self._error = translate(self._ws.protocol.close_exc)
         except ConnectionClosed as error:
             self._error = translate(error)
         except Exception as error:
             self._error = translate(error)
-        self._queue.put_nowait(_EOF)
+        await self._queue.put(_EOF)
 
     @property
     def closed(self) -> bool:
@@ -190,7 +232,8 @@ class WebSocketTransport:
 
     def _unpack(self, item: Any) -> Frame:
         if item is _EOF:
-            self._queue.put_nowait(_EOF)  # every later receive fails the same way
+            self._queue.put_nowait(_EOF)  # every later receive fails the same way (the
+            # queue just gave up this item, so there is room)
             assert self._error is not None
             raise self._error
         frame: Frame = item
@@ -231,14 +274,20 @@ class WebSocketDialer:
         max_size: int | None = DEFAULT_MAX_SIZE,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, got {type(url).__name__}")
         self.url = url
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
+        self.open_timeout = seconds("open_timeout", open_timeout)
+        self.close_timeout = seconds("close_timeout", close_timeout)
+        if max_size is not None:
+            count("max_size", max_size, what="bytes; None for no limit")
         self.max_size = max_size
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, got {type(ssl).__name__}")
         self.ssl = ssl
 
     def __repr__(self) -> str:
-        return f"WebSocketDialer({self.url!r})"
+        return f"WebSocketDialer({redact_url(self.url)!r})"
 
     async def dial(self, headers: Mapping[str, str]) -> WebSocketTransport:
         options: dict[str, Any] = {}
@@ -270,6 +319,7 @@ def connect(
     on_rebuild: RebuildHook | Sequence[RebuildHook] | None = None,
     headers: Headers | None = None,
     outbox_limit: int = DEFAULT_LIMIT,
+    outbox_bytes: int = DEFAULT_MAX_BYTES,
     overflow: Overflow = Overflow.RAISE,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = 2.0,
@@ -283,11 +333,13 @@ def connect(
     attempt, so a refreshed token is used on the next reconnect. ``wss://`` verifies
     certificates by default; pass ``ssl`` to trust a private CA. Other ``options`` go to
     :class:`~adapters.link.Link` (``spec``, ``on_action``, ``correlate``, ``rng``,
-    ``name``).
+    ``name``, ``inbound_limit``, ``inbound_bytes``). The link's ``name`` (in every log
+    line) defaults to the URL without its credentials.
     """
     dialer = WebSocketDialer(url, open_timeout=handshake_timeout, close_timeout=close_timeout,
                              max_size=max_size, ssl=ssl)
+    options.setdefault("name", redact_url(url))
     return Link(dialer, heartbeat=heartbeat, backoff=backoff, session=session,
                 on_rebuild=on_rebuild, headers=headers, outbox_limit=outbox_limit,
-                overflow=overflow, handshake_timeout=handshake_timeout,
-                close_timeout=close_timeout, **options)
+                outbox_bytes=outbox_bytes, overflow=overflow,
+                handshake_timeout=handshake_timeout, close_timeout=close_timeout, **options)

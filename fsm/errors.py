@@ -9,6 +9,7 @@ The hierarchy, in the manner of websockets' ``exceptions.py``::
     ├── SpecError                 a lifecycle spec is inconsistent (the spec author's fault)
     ├── RequestTimeout            a request() got no response in time
     ├── RebuildError              a rebuild hook raised
+    ├── LinkCorrupt               the core raised on a driver's report (a bug): fatal
     └── TransportError            the link to the peer failed (nobody's fault, or the peer's)
         ├── Refused               the peer would not accept us (TCP refused, HTTP status)
         ├── Closed                the peer closed the connection (with a close code)
@@ -28,6 +29,7 @@ __all__ = [
     "Broken",
     "Closed",
     "LinkClosedError",
+    "LinkCorrupt",
     "LocalProtocolError",
     "OutboxFull",
     "RebuildError",
@@ -69,6 +71,11 @@ class RequestTimeout(TetherError, TimeoutError):
 
 class RebuildError(TetherError):
     """A rebuild hook raised; the link treats the new session as unusable and retries."""
+
+
+class LinkCorrupt(TetherError):
+    """The lifecycle core raised on an event the driver reported: a custom spec's
+    callback, an action handler's event, or a bug in tether. The link fails with it."""
 
 
 class TransportError(TetherError):
@@ -155,6 +162,8 @@ def classify(error: BaseException) -> Verdict:
     the link, and the driver logs them.
     """
     what = f"{type(error).__name__}: {error}"
+    if isinstance(error, LinkCorrupt):
+        return Verdict(retry=False, reason=what)
     if isinstance(error, TransportError) and error.fatal is not None:
         retry_after = None if error.fatal else getattr(error, "retry_after", None)
         return Verdict(retry=not error.fatal, reason=what, retry_after=retry_after)

@@ -26,6 +26,7 @@ __all__ = [
     "CloseRequested",
     "ConnectFailed",
     "Connected",
+    "Crashed",
     "DeadlineReached",
     "Event",
     "HandshakeTimedOut",
@@ -161,6 +162,15 @@ class CloseRequested(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Crashed(Event):
+    """The core raised on an event the driver reported (a bug in a custom spec, an
+    action handler or tether itself): the link's state can no longer be trusted, and
+    the link fails with ``error`` as the reason."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class DeadlineReached(Event):
     """The driver's timer fired. The core decides which deadline it was (if any)."""
 
@@ -211,6 +221,7 @@ INPUT_EVENTS: tuple[type[Event], ...] = (
     TransportReleased,
     SendRequested,
     CloseRequested,
+    Crashed,
     DeadlineReached,
 )
 

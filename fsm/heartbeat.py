@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fsm.checks import seconds
+
 __all__ = ["Heartbeat"]
 
 
@@ -37,12 +39,10 @@ class Heartbeat:
     stall_grace: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ValueError(f"Heartbeat.interval must be > 0 s, got {self.interval!r}")
-        if not self.timeout > 0:
-            raise ValueError(f"Heartbeat.timeout must be > 0 s, got {self.timeout!r}")
-        if self.stall_grace is not None and not self.stall_grace > 0:
-            raise ValueError(f"Heartbeat.stall_grace must be > 0 s, got {self.stall_grace!r}")
+        seconds("Heartbeat.interval", self.interval)
+        seconds("Heartbeat.timeout", self.timeout)
+        if self.stall_grace is not None:
+            seconds("Heartbeat.stall_grace", self.stall_grace)
 
     @property
     def grace(self) -> float:

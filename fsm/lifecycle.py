@@ -65,11 +65,13 @@ from fsm.actions import (
     Transmit,
 )
 from fsm.backoff import Backoff
+from fsm.checks import seconds
 from fsm.errors import LinkClosedError, LocalProtocolError, Verdict, classify
 from fsm.events import (
     BackoffElapsed,
     Connected,
     ConnectFailed,
+    Crashed,
     DeadlineReached,
     Event,
     HandshakeTimedOut,
@@ -106,7 +108,7 @@ _PLAIN_REASONS = {
     "MessageReceived": "heard from the peer (message)",
     "PongReceived": "heard from the peer (pong)",
 }
-_FAILURES = (ConnectFailed, TransportLost, HandshakeTimedOut, RebuildFailed)
+_FAILURES = (ConnectFailed, TransportLost, HandshakeTimedOut, RebuildFailed, Crashed)
 
 
 class Statistics(dict[str, Any]):
@@ -168,11 +170,17 @@ class Lifecycle:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         classify: Callable[[BaseException], Verdict] = classify,
     ) -> None:
-        if not handshake_timeout > 0:
-            raise ValueError(f"handshake_timeout must be > 0 s, got {handshake_timeout!r}")
+        seconds("handshake_timeout", handshake_timeout)
+        for name, value, kind in (("heartbeat", heartbeat, Heartbeat),
+                                  ("backoff", backoff, Backoff), ("outbox", outbox, Outbox),
+                                  ("spec", spec, Spec)):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__} (or "
+                                f"None for the default), got {type(value).__name__} "
+                                f"{value!r}")
         self.spec = spec
-        self.heartbeat = heartbeat or Heartbeat()
-        self.backoff = backoff or Backoff()
+        self.heartbeat = heartbeat if heartbeat is not None else Heartbeat()
+        self.backoff = backoff if backoff is not None else Backoff()
         self.outbox = outbox if outbox is not None else Outbox()
         self.session = session
         self.handshake_timeout = handshake_timeout
@@ -352,7 +360,7 @@ class Lifecycle:
             return f"timer fired {event.lateness:.3f} s late (local loop stalled); probing afresh"
         if isinstance(event, HandshakeTimedOut):
             return f"handshake or rebuild took over {self.handshake_timeout} s"
-        if isinstance(event, ConnectFailed | TransportLost | RebuildFailed):
+        if isinstance(event, ConnectFailed | TransportLost | RebuildFailed | Crashed):
             return self.classify(event.error).reason
         return _PLAIN_REASONS.get(type(event).__name__) or event.describe()
 

@@ -9,24 +9,34 @@ was not delivered back to the caller. The outbox never drops a message silently.
 
 Overflow is explicit: with ``Overflow.RAISE`` a full outbox refuses the new message
 (:class:`fsm.errors.OutboxFull`, NATS' choice); with ``Overflow.HAND_BACK`` it accepts the
-new message and hands back the *oldest pending* one, which the caller gets as undelivered.
+new message and hands back the *oldest pending* ones, which the caller gets as
+undelivered.
+
+The bound counts messages (``limit``) and, when the caller says how to size a payload
+(``size_of``), bytes (``max_bytes``): messages vary in size, and a thousand 1 MiB
+messages are not a thousand chat lines. One message is always accepted into an empty
+outbox, whatever its size (the transport's own frame limit is the place to refuse it).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from fsm.checks import count
 from fsm.errors import OutboxFull
 
-__all__ = ["DEFAULT_LIMIT", "Envelope", "Outbox", "Overflow"]
+__all__ = ["DEFAULT_LIMIT", "DEFAULT_MAX_BYTES", "Envelope", "Outbox", "Overflow"]
 
 #: Default bound: 1,000 messages. An agent produces a few messages a second; this covers
 #: several minutes of outage and bounds memory to what the caller chose to send.
 DEFAULT_LIMIT = 1000
+#: ... and 16 MiB of encoded messages, whichever comes first (NATS buffers 8 MiB while
+#: reconnecting; an agent's transcript of several minutes fits well inside).
+DEFAULT_MAX_BYTES = 16 * 2**20
 
 
 class Overflow(StrEnum):
@@ -53,22 +63,37 @@ class Envelope:
 
 
 class Outbox:
-    """Pending and in-flight messages, bounded by ``limit`` together."""
+    """Pending and in-flight messages, bounded by ``limit`` (and ``max_bytes``) together."""
 
-    __slots__ = ("_inflight", "_next_seq", "_next_wire", "_pending", "limit", "overflow")
+    __slots__ = ("_bytes", "_inflight", "_next_seq", "_next_wire", "_pending", "limit",
+                 "max_bytes", "overflow", "size_of")
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, overflow: Overflow = Overflow.RAISE) -> None:
-        if limit < 1:
-            raise ValueError(f"outbox limit must be at least 1, got {limit}")
+    def __init__(self, limit: int = DEFAULT_LIMIT, overflow: Overflow = Overflow.RAISE, *,
+                 max_bytes: int | None = None,
+                 size_of: Callable[[Any], int] | None = None) -> None:
+        count("outbox limit", limit, what="messages")
+        if max_bytes is not None:
+            count("outbox max_bytes", max_bytes, what="bytes; None for no byte bound")
+        if max_bytes is not None and size_of is None:
+            raise ValueError("outbox max_bytes needs size_of, the function that sizes a "
+                             "payload in bytes")
+        try:
+            self.overflow = Overflow(overflow)
+        except ValueError:
+            raise ValueError(f"overflow must be one of {[o.value for o in Overflow]}, got "
+                             f"{overflow!r}") from None
         self.limit = limit
-        self.overflow = Overflow(overflow)
+        self.max_bytes = max_bytes
+        self.size_of = size_of
+        self._bytes = 0
         self._pending: deque[Envelope] = deque()
         self._inflight: deque[Envelope] = deque()  # in transmission (wire) order
         self._next_seq = 1
         self._next_wire = 1
 
     def __repr__(self) -> str:
-        return f"Outbox(limit={self.limit}, overflow={self.overflow.value!r})"
+        return (f"Outbox(limit={self.limit}, overflow={self.overflow.value!r}, "
+                f"max_bytes={self.max_bytes!r})")
 
     def __len__(self) -> int:
         return len(self._pending) + len(self._inflight)
@@ -82,6 +107,21 @@ class Outbox:
         return len(self._inflight)
 
     @property
+    def bytes(self) -> int:
+        """Bytes held, as ``size_of`` measures them (0 without it)."""
+        return self._bytes
+
+    def _size(self, payload: Any) -> int:
+        return self.size_of(payload) if self.size_of is not None else 0
+
+    def _full(self, size: int) -> bool:
+        if not len(self):
+            return False
+        if len(self) >= self.limit:
+            return True
+        return self.max_bytes is not None and self._bytes + size > self.max_bytes
+
+    @property
     def next_seq(self) -> int:
         return self._next_seq
 
@@ -92,16 +132,21 @@ class Outbox:
 
     def push(self, payload: Any) -> tuple[Envelope, list[Envelope]]:
         """Accept ``payload``; return its envelope and any envelope handed back for room."""
+        size = self._size(payload)
         evicted: list[Envelope] = []
-        if len(self) >= self.limit:
+        while self._full(size):
             if self.overflow is Overflow.RAISE or not self._pending:
-                raise OutboxFull(
-                    f"outbox holds {len(self)} of {self.limit} messages "
-                    f"({self.inflight} awaiting acknowledgement); message not accepted"
-                )
-            evicted.append(self._pending.popleft())
+                what = (f"{len(self)} of {self.limit} messages" if len(self) >= self.limit
+                        else f"{self._bytes} bytes; {size} more would pass max_bytes "
+                             f"{self.max_bytes}")
+                raise OutboxFull(f"outbox holds {what} ({self.inflight} awaiting "
+                                 f"acknowledgement); message not accepted")
+            oldest = self._pending.popleft()
+            self._bytes -= self._size(oldest.payload)
+            evicted.append(oldest)
         envelope = Envelope(self._next_seq, payload)
         self._next_seq += 1
+        self._bytes += size
         self._pending.append(envelope)
         return envelope, evicted
 
@@ -113,6 +158,7 @@ class Outbox:
             raise ValueError(f"restore() needs an empty outbox, this one holds {len(self)}")
         for wire, payload in messages:
             self._inflight.append(Envelope(self._next_seq, payload, wire=wire))
+            self._bytes += self._size(payload)
             self._next_seq += 1
         self._next_wire = next_wire
 
@@ -124,6 +170,7 @@ class Outbox:
         envelope = Envelope(self._next_seq, payload, urgent=True, wire=self._next_wire)
         self._next_seq += 1
         self._next_wire += 1
+        self._bytes += self._size(payload)
         self._inflight.append(envelope)
         return envelope
 
@@ -142,6 +189,8 @@ class Outbox:
             taken.append(stamped)
         if track:
             self._inflight.extend(taken)
+        else:
+            self._forget(taken)
         return taken
 
     def take_replays(self) -> list[Envelope]:
@@ -162,7 +211,12 @@ class Outbox:
         while not self._inflight and self._pending and \
                 self._pending[0].wire is not None and self._pending[0].wire <= upto:
             acked.append(self._pending.popleft())
+        self._forget(acked)
         return acked
+
+    def _forget(self, envelopes: Iterable[Envelope]) -> None:
+        if self.size_of is not None:
+            self._bytes -= sum(self._size(e.payload) for e in envelopes)
 
     def rewind(self) -> int:
         """Put unsettled messages back in front of the pending ones, keeping their wire
@@ -180,13 +234,16 @@ class Outbox:
         self._inflight.clear()
         self._pending = deque(replace(e, wire=None) for e in held if not e.urgent)
         self._next_wire = 1
-        return [e for e in held if e.urgent]
+        dropped = [e for e in held if e.urgent]
+        self._forget(dropped)
+        return dropped
 
     def drain(self) -> list[Envelope]:
         """Remove and return every undelivered message, oldest first."""
         everything = sorted([*self._inflight, *self._pending], key=lambda e: e.seq)
         self._inflight.clear()
         self._pending.clear()
+        self._bytes = 0
         return everything
 
     def holds(self, seq: int) -> bool:

@@ -29,6 +29,8 @@ __all__ = [
     "Welcome",
     "decode",
     "encode",
+    "encode_data",
+    "msg_text",
     "too_deep",
 ]
 
@@ -81,6 +83,7 @@ class Hello(Frame):
     session: str | None = None
     token: str | None = field(default=None, repr=False)
     v: int = VERSION
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,32 @@ def encode(frame: Frame) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def encode_data(data: Any) -> str:
+    """The JSON text of a message's ``data``, exactly as :func:`encode` writes it inside a
+    ``msg`` frame; the sending side calls it once, when the application hands the message
+    over, so that everything that can be wrong with it is said then and there.
+
+    Raises ``TypeError`` for a value JSON cannot carry and ``ValueError`` for NaN or an
+    infinity, for data nested deeper than :data:`MAX_DEPTH`, and for a string that is not
+    valid Unicode (a lone surrogate cannot be sent as UTF-8)."""
+    if too_deep(data):
+        raise ValueError(f"message data nested deeper than {MAX_DEPTH} levels "
+                         f"(the protocol's MAX_DEPTH)")
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"message data is not valid Unicode: {error.reason} at "
+                         f"character {error.start}") from None
+    return text
+
+
+def msg_text(seq: int, ack: int, data_text: str) -> str:
+    """A ``msg`` frame around data already encoded by :func:`encode_data`: the same text
+    :func:`encode` gives for ``Msg(seq, ack, data)``, without encoding the data again."""
+    return f'{{"type":"msg","seq":{seq:d},"ack":{ack:d},"data":{data_text}}}'
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -164,6 +193,15 @@ def _member(body: dict[str, Any], kind: str, name: str, types: tuple[type, ...],
         raise ProtocolViolation("malformed", f"{kind} frame member {name!r} out of range: "
                                              f"{value}")
     return value
+
+
+def _limits(body: dict[str, Any], kind: str) -> dict[str, int]:
+    """A ``limits`` member: the entries that are non-negative integers (others ignored,
+    for forward compatibility)."""
+    limits = _member(body, kind, "limits", (dict,), required=False) or {}
+    return {k: v for k, v in limits.items()
+            if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v <= _MAX_INT}
 
 
 def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
@@ -196,21 +234,19 @@ def decode(text: str | bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
                                                f"server speaks {VERSION}", fatal=True)
         return Hello(ack=_member(body, kind, "ack", (int,)),
                      session=_member(body, kind, "session", (str,), required=False),
-                     token=_member(body, kind, "token", (str,), required=False))
+                     token=_member(body, kind, "token", (str,), required=False),
+                     limits=_limits(body, kind))
     if kind == "welcome":
         version = _member(body, kind, "v", (int,))
         if version != VERSION:
             raise ProtocolViolation("version", f"server speaks version {version}, this "
                                                f"client speaks {VERSION}", fatal=True)
-        limits = _member(body, kind, "limits", (dict,), required=False) or {}
         return Welcome(session=_member(body, kind, "session", (str,)),
                        epoch=_member(body, kind, "epoch", (str,)),
                        resumed=_member(body, kind, "resumed", (bool,)),
                        ack=_member(body, kind, "ack", (int,)),
                        token=_member(body, kind, "token", (str,), required=False),
-                       limits={k: v for k, v in limits.items()
-                               if isinstance(k, str) and isinstance(v, int)
-                               and not isinstance(v, bool) and v >= 0})
+                       limits=_limits(body, kind))
     if kind == "msg":
         if "data" not in body:
             raise ProtocolViolation("malformed", "msg frame lacks 'data'")

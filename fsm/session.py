@@ -27,7 +27,13 @@ DEFAULT_ACK_EVERY = 32
 
 @dataclass(slots=True)
 class Receiver:
-    """Inbound sequence tracking and acknowledgement batching for one direction."""
+    """Inbound sequence tracking and acknowledgement batching for one direction.
+
+    ``ack_on_receive``: a new message makes an acknowledgement owed at once (the hub,
+    which acknowledges what it committed). A client that acknowledges only what its
+    application has taken sets it to false and calls :meth:`owe` when that happens, so
+    the peer's window of unacknowledged messages is real end-to-end backpressure.
+    Duplicates always owe one: the sender must learn to stop replaying."""
 
     last: int = 0
     ack_delay: float = DEFAULT_ACK_DELAY
@@ -35,21 +41,24 @@ class Receiver:
     owed: int = 0
     owed_since: float | None = None
     duplicates: int = 0
+    ack_on_receive: bool = True
 
     def receive(self, msg: Msg, now: float) -> bool:
         """True if ``msg`` is new and must be delivered; False for a duplicate.
         Raises :class:`ProtocolViolation` (``gap``) when messages are missing."""
         if msg.seq <= self.last:
             self.duplicates += 1
-            self._owe(now)  # acknowledge again so the sender stops replaying
+            self.owe(now)  # acknowledge again so the sender stops replaying
             return False
         if msg.seq != self.last + 1:
             raise ProtocolViolation("gap", f"expected msg seq {self.last + 1}, got {msg.seq}")
         self.last = msg.seq
-        self._owe(now)
+        if self.ack_on_receive:
+            self.owe(now)
         return True
 
-    def _owe(self, now: float) -> None:
+    def owe(self, now: float) -> None:
+        """One more message deserves an acknowledgement (see :meth:`ack_due`)."""
         self.owed += 1
         if self.owed_since is None:
             self.owed_since = now
@@ -74,18 +83,39 @@ class Receiver:
 
 @dataclass(slots=True)
 class ClientSession:
-    """What a client remembers about its session between connections."""
+    """What a client remembers about its session between connections.
+
+    ``taken``: the highest inbound ``seq`` the application has taken; it is what the
+    client acknowledges (``hello.ack`` included), so the server holds, and replays on
+    resume, everything the application has not read yet. ``receiver.last`` may run
+    ahead of it by what waits in the client's inbound queue."""
 
     session_id: str | None = None
     token: str | None = field(default=None, repr=False)
     epoch: str | None = None
-    receiver: Receiver = field(default_factory=Receiver)
+    receiver: Receiver = field(default_factory=lambda: Receiver(ack_on_receive=False))
     max_inflight: int | None = None
     max_frame: int = DEFAULT_MAX_FRAME  # the server's, from its last welcome
+    taken: int = 0
+    window: int | None = None  # ours: the most server messages we hold unacknowledged
 
     def hello(self) -> Hello:
-        """The hello for a new connection: resume if we hold a session, else open one."""
-        return Hello(ack=self.receiver.last, session=self.session_id, token=self.token)
+        """The hello for a new connection: resume if we hold a session, else open one;
+        it announces our window (``limits.max_inflight``), if we have one."""
+        limits = {} if self.window is None else {"max_inflight": self.window}
+        return Hello(ack=self.taken, session=self.session_id, token=self.token,
+                     limits=limits)
+
+    def take(self, seq: int, now: float) -> None:
+        """The application took inbound message ``seq`` of this session: acknowledge it."""
+        if seq > self.taken:
+            self.taken = seq
+            self.receiver.owe(now)
+
+    def acknowledged(self) -> int:
+        """The ack for a frame going out now (nothing is owed after it)."""
+        self.receiver.acknowledged()
+        return self.taken
 
     def welcomed(self, welcome: Welcome) -> None:
         """Adopt the server's answer. A new session resets the inbound numbering."""
@@ -99,6 +129,7 @@ class ClientSession:
                 raise ProtocolViolation("malformed", "welcome for a new session lacks 'token'")
             self.session_id, self.token = welcome.session, welcome.token
             self.receiver.reset()
+            self.taken = 0
         self.epoch = welcome.epoch
         self.max_inflight = welcome.limits.get("max_inflight")
         self.max_frame = welcome.limits.get("max_frame", DEFAULT_MAX_FRAME)
@@ -107,3 +138,4 @@ class ClientSession:
         """The server refused our token: start a new session next time."""
         self.session_id = self.token = None
         self.receiver.reset()
+        self.taken = 0

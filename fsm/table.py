@@ -113,6 +113,8 @@ TRANSITIONS: list[dict[str, Any]] = [
      "before": "note_released"},
     {"trigger": "TransportReleased", "source": [CLOSED, FAILED, *DIALING], "dest": None,
      "after": "note_released"},
+    # -- the driver found the core raising: nothing about this link can be trusted -------
+    {"trigger": "Crashed", "source": ACTIVE, "dest": FAILED, "before": "count_failure"},
     # -- the driver's timer: the core has already fired whatever deadline was due ---------
     {"trigger": "DeadlineReached", "source": [*ACTIVE, CLOSED, FAILED], "dest": None},
 ]
@@ -137,12 +139,12 @@ IGNORED: dict[str, list[str]] = {
             "PongReceived", "TransportLost", "SilenceNoticed", "ProbeUnanswered",
             "TimerFiredLate", "BackoffElapsed", "HandshakeTimedOut"],
     # Final: nothing moves the link any more.
-    CLOSED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
+    CLOSED: ["Started", "CloseRequested", "Crashed", "Connected", "ConnectFailed", "Rebuilt",
              "RebuildFailed", "MessageReceived", "MessagesWritten",
              "MessagesAcked", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",
              "HandshakeTimedOut"],
-    FAILED: ["Started", "CloseRequested", "Connected", "ConnectFailed", "Rebuilt",
+    FAILED: ["Started", "CloseRequested", "Crashed", "Connected", "ConnectFailed", "Rebuilt",
              "RebuildFailed", "MessageReceived", "MessagesWritten",
              "MessagesAcked", "PongReceived", "TransportLost",
              "SilenceNoticed", "ProbeUnanswered", "TimerFiredLate", "BackoffElapsed",

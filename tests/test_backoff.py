@@ -67,20 +67,31 @@ def test_full_jitter_spreads_over_the_whole_range() -> None:
     assert delays == pytest.approx([0.8 * i for i in range(10)])
 
 
-def test_retry_after_is_a_floor() -> None:
+def test_retry_after_is_a_floor_with_the_attempts_jitter_on_top() -> None:
     backoff = Backoff(initial=1.0, factor=2.0, cap=8.0)
-    assert backoff.delay(0, 0.5, retry_after=7.0) == 7.0
     assert backoff.delay(0, 0.0, retry_after=7.0) == 7.0
-    # A hint shorter than the jittered delay does not shorten it.
-    assert backoff.delay(3, 0.5, retry_after=1.0) == pytest.approx(4.0)
+    assert backoff.delay(0, 0.5, retry_after=7.0) == pytest.approx(7.5)
+    # A hint never shortens the jittered delay.
+    assert backoff.delay(3, 0.5, retry_after=1.0) == pytest.approx(5.0)
     # A hint may exceed the cap: the server asked for it.
-    assert backoff.delay(3, 0.5, retry_after=30.0) == 30.0
+    assert backoff.delay(3, 0.5, retry_after=30.0) == pytest.approx(34.0)
+
+
+def test_clients_refused_with_the_same_hint_come_back_spread_out() -> None:
+    """Issue 7: 150 clients refused with ``retry_after: 1`` returned in waves exactly 1 s
+    later. With the jitter on top of the hint, their delays spread over the attempt's
+    whole jitter range above the hint."""
+    backoff = Backoff(initial=0.1, cap=10.0)
+    delays = sorted(backoff.delay(3, i / 150, retry_after=1.0) for i in range(150))
+    assert delays[0] == 1.0
+    assert delays[-1] - delays[0] > 0.75 * backoff.ceiling(3)
+    assert len({round(d, 6) for d in delays}) == 150
 
 
 def test_retry_after_capped_by_max_retry_after() -> None:
     backoff = Backoff(max_retry_after=60.0)
-    assert backoff.delay(0, 0.5, retry_after=86_400.0) == 60.0
-    assert Backoff().delay(0, 0.5, retry_after=86_400.0) == 300.0
+    assert backoff.delay(0, 0.0, retry_after=86_400.0) == 60.0
+    assert Backoff().delay(0, 0.0, retry_after=86_400.0) == 300.0
 
 
 @pytest.mark.parametrize("hint", [None, 0.0, -5.0])
@@ -119,10 +130,31 @@ def test_budget_of_one_gives_up_after_the_first_failure() -> None:
         ({"budget": 0}, "Backoff.budget"),
         ({"budget": -3}, "Backoff.budget"),
         ({"max_retry_after": -1.0}, "Backoff.max_retry_after"),
+        ({"initial": math.inf, "cap": math.inf}, "Backoff.initial"),
+        ({"cap": math.inf}, "Backoff.cap"),
+        ({"factor": math.inf}, "Backoff.factor"),
+        ({"grace": math.inf}, "Backoff.grace"),
+        ({"max_retry_after": math.inf}, "Backoff.max_retry_after"),
     ],
 )
 def test_invalid_arguments_raise_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        Backoff(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"budget": 2.5}, "Backoff.budget"),
+        ({"budget": True}, "Backoff.budget"),
+        ({"initial": "0.1"}, "Backoff.initial"),
+        ({"cap": None}, "Backoff.cap"),
+    ],
+)
+def test_arguments_of_the_wrong_type_raise_naming_the_field(kwargs: dict[str, Any],
+                                                            field: str) -> None:
+    """Issue 7: ``Backoff(budget=2.5)`` was accepted silently."""
+    with pytest.raises(TypeError, match=field.replace(".", r"\.")):
         Backoff(**kwargs)
 
 
@@ -143,3 +175,4 @@ def test_valid_edge_values_are_accepted() -> None:
     backoff = Backoff(initial=1.0, factor=1.0, cap=1.0, grace=0.0, budget=1,
                       max_retry_after=0.0)
     assert backoff.delay(5, 0.5, retry_after=10.0) == pytest.approx(0.5)
+    assert Backoff(budget=10**9).budget == 10**9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,10 @@ def test_explicit_stall_grace_wins() -> None:
         ({"stall_grace": 0.0}, "Heartbeat.stall_grace"),
         ({"stall_grace": -1.0}, "Heartbeat.stall_grace"),
         ({"stall_grace": math.nan}, "Heartbeat.stall_grace"),
+        # Issue 7: an infinite interval was accepted and never probed.
+        ({"interval": math.inf}, "Heartbeat.interval"),
+        ({"timeout": math.inf}, "Heartbeat.timeout"),
+        ({"stall_grace": math.inf}, "Heartbeat.stall_grace"),
     ],
 )
 def test_invalid_arguments_raise_naming_the_field(kwargs: dict[str, float], field: str) -> None:
@@ -68,3 +73,10 @@ def test_is_immutable() -> None:
     hb = Heartbeat()
     with pytest.raises(AttributeError):
         hb.interval = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs", [{"interval": "1"}, {"timeout": None}, {"interval": True}])
+def test_arguments_of_the_wrong_type_raise_naming_the_field(kwargs: dict[str, Any]) -> None:
+    (name,) = kwargs
+    with pytest.raises(TypeError, match=rf"Heartbeat\.{name} must be a finite number"):
+        Heartbeat(**kwargs)

@@ -389,12 +389,12 @@ def test_retry_after_delays_the_next_dial() -> None:
     lc.handle(Started(), 0.0)
     lc.handle(ConnectFailed(Refused("busy", status=503, retry_after=7.0)), 1.0)
     assert lc.state == State.RECOVERING
-    assert lc.next_deadline() == 8.0  # max(U * ceiling(1) = 1, 7) after the failure
-    assert lc.handle(DeadlineReached(), 7.875) == []
-    assert lc.handle(DeadlineReached(), 8.0) == [OpenTransport(attempt=2)]
+    assert lc.next_deadline() == 9.0  # the hint 7 + U * ceiling(1) = 1, after the failure
+    assert lc.handle(DeadlineReached(), 8.875) == []
+    assert lc.handle(DeadlineReached(), 9.0) == [OpenTransport(attempt=2)]
     # The hint applies once: the next failure uses the plain backoff again.
-    lc.handle(ConnectFailed(Broken("reset")), 8.5)
-    assert lc.next_deadline() == 8.5 + U * BACKOFF.ceiling(2)
+    lc.handle(ConnectFailed(Broken("reset")), 9.5)
+    assert lc.next_deadline() == 9.5 + U * BACKOFF.ceiling(2)
 
 
 def test_retry_after_from_a_close_is_honoured() -> None:
@@ -402,7 +402,7 @@ def test_retry_after_from_a_close_is_honoured() -> None:
     t = go_online(lc)
     lc.handle(TransportLost(Closed("restarting", code=1012, retry_after=30.0)), t + 0.5)
     lc.handle(TransportReleased(), t + 0.75)
-    assert lc.next_deadline() == t + 0.75 + 30.0
+    assert lc.next_deadline() == t + 0.75 + 30.0 + U * BACKOFF.ceiling(1)
 
 
 def test_fatal_refusal_fails_and_hands_back_the_outbox() -> None:

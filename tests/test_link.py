@@ -533,8 +533,10 @@ def test_session_mode_refuses_a_message_the_server_could_never_take() -> None:
         link = Link(MemoryDialer(MemoryServer(echo)), session=True)
         with pytest.raises(ValueError, match="exceeds the server's max_frame"):
             await link.send("x" * (2**20 + 1))
-        with pytest.raises(TypeError, match="JSON"):
+        with pytest.raises(ValueError, match="JSON"):
             await link.send(float("nan"))
+        with pytest.raises(TypeError, match="JSON"):
+            await link.send(object())
         assert len(link.lifecycle.outbox) == 0  # refused, not queued
         await link.close()
 

@@ -24,3 +24,15 @@ class AuthenticatingUnderFaults(LinkUnderFaults):
 
 TestDefaultLifecycleUnderFaults = LinkUnderFaults.TestCase
 TestAuthenticatingUnderFaults = AuthenticatingUnderFaults.TestCase
+
+
+class SessionLinkUnderFaults(LinkUnderFaults):
+    session = True
+
+
+class SessionAuthenticatingUnderFaults(AuthenticatingUnderFaults):
+    session = True
+
+
+TestSessionLifecycleUnderFaults = SessionLinkUnderFaults.TestCase
+TestSessionAuthenticatingUnderFaults = SessionAuthenticatingUnderFaults.TestCase

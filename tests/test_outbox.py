@@ -3,6 +3,8 @@ rewind for replay, drain on close, explicit overflow."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fsm.errors import LocalProtocolError, OutboxFull
@@ -194,3 +196,75 @@ def test_restore_refills_an_empty_outbox_for_replay() -> None:
     assert [(e.payload, e.wire) for e in outbox.take(track=True)] == [("c", 8)]
     with pytest.raises(ValueError, match="needs an empty outbox"):
         outbox.restore(1, [])
+
+
+# -- the bound in bytes ----------------------------------------------------------------------
+
+def sized(limit: int = 100, max_bytes: int = 10,
+          overflow: Overflow = Overflow.RAISE) -> Outbox:
+    return Outbox(limit, overflow, max_bytes=max_bytes, size_of=len)
+
+
+def test_bytes_bound_refuses_what_would_pass_it_and_names_the_bytes() -> None:
+    box = sized()
+    box.push("aaaa")
+    box.push("bbbb")
+    with pytest.raises(OutboxFull, match="8 bytes; 3 more would pass max_bytes 10"):
+        box.push("ccc")
+    box.push("cc")
+    assert (len(box), box.bytes) == (3, 10)
+
+
+def test_one_message_bigger_than_max_bytes_is_accepted_into_an_empty_outbox() -> None:
+    box = sized()
+    box.push("x" * 50)
+    assert box.bytes == 50
+    with pytest.raises(OutboxFull):
+        box.push("y")
+
+
+def test_hand_back_evicts_as_many_oldest_as_the_new_message_needs() -> None:
+    box = sized(overflow=Overflow.HAND_BACK)
+    for text in ("aaa", "bbb", "ccc"):
+        box.push(text)
+    _, evicted = box.push("dddddd")
+    assert [e.payload for e in evicted] == ["aaa", "bbb"]
+    assert [e.payload for e in box.peek()] == ["ccc", "dddddd"]
+    assert box.bytes == 9
+
+
+def test_bytes_follow_every_message_out_ack_drain_new_session() -> None:
+    box = sized(max_bytes=100)
+    box.push("aaaa")
+    box.push("bb")
+    box.take(track=True)
+    box.ack(1)
+    assert box.bytes == 2
+    box.rewind()
+    assert box.bytes == 2
+    box.push_urgent("uuu")
+    assert box.bytes == 5
+    box.new_session()  # the urgent rebuild message is dropped
+    assert box.bytes == 2
+    box.take(track=False)
+    assert box.bytes == 0
+    box.push("zz")
+    assert box.drain()[0].payload == "zz" and box.bytes == 0
+    box.restore(5, [(3, "rrr")])
+    assert box.bytes == 3
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"limit": 2.5}, TypeError, "outbox limit must be an int"),
+    ({"limit": True}, TypeError, "outbox limit must be an int"),
+    ({"limit": 0}, ValueError, "outbox limit must be an int >= 1"),
+    ({"max_bytes": 0, "size_of": len}, ValueError, "max_bytes must be an int >= 1"),
+    ({"max_bytes": 1.5, "size_of": len}, TypeError, "max_bytes must be an int"),
+    ({"max_bytes": 10}, ValueError, "max_bytes needs size_of"),
+    ({"overflow": "drop"}, ValueError, "overflow must be one of"),
+])
+def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception],
+                                 match: str) -> None:
+    """Issue 7: ``outbox_limit=2.5`` was accepted silently."""
+    with pytest.raises(error, match=match):
+        Outbox(**kwargs)

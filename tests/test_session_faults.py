@@ -475,8 +475,8 @@ def test_memory_hub_killed_is_a_new_epoch_rebuilt_once_and_loses_nothing(
                 if n == kill_at:
                     # What the client holds unacknowledged now: a superset of what the
                     # dying hub never acknowledged (acks still on the wire may land).
-                    unacked = {e.payload["up"] for e in link.lifecycle.outbox.peek()
-                               if isinstance(e.payload, dict) and "up" in e.payload}
+                    unacked = {p["up"] for p in link.held()
+                               if isinstance(p, dict) and "up" in p}
                     await hub.restart()
 
             def done() -> bool:
@@ -656,7 +656,8 @@ def test_presence_of_a_blackholed_client_goes_stale_then_gone() -> None:
                 assert State.STALE in watch.states  # the client noticed too
                 # What the client still holds: the hub's ack may be caught in the hole. A
                 # new session re-sends all but the old rebuild's messages.
-                held = [e.payload for e in link.lifecycle.outbox.peek() if not e.urgent]
+                held = [e.payload.payload for e in link.lifecycle.outbox.peek()
+                        if not e.urgent]
                 assert held in ([], ["before"]), held
 
                 # The client comes back to a new session (its old one is gone), rebuilds,

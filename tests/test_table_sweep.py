@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from fsm import Action, Backoff, Heartbeat, Lifecycle, NotifyStateChange, State
-from fsm.errors import Broken, LinkClosedError, Refused
+from fsm.errors import Broken, LinkClosedError, LinkCorrupt, Refused
 from fsm.events import (
     INPUT_EVENTS,
     TIMER_EVENTS,
@@ -23,6 +23,7 @@ from fsm.events import (
     CloseRequested,
     Connected,
     ConnectFailed,
+    Crashed,
     DeadlineReached,
     Event,
     HandshakeTimedOut,
@@ -57,6 +58,7 @@ SAMPLES: dict[type[Event], Callable[[], Event]] = {
     TransportReleased: TransportReleased,
     SendRequested: lambda: SendRequested("payload"),
     CloseRequested: CloseRequested,
+    Crashed: lambda: Crashed(LinkCorrupt("x")),
     DeadlineReached: DeadlineReached,
     SilenceNoticed: SilenceNoticed,
     ProbeUnanswered: ProbeUnanswered,

@@ -176,6 +176,8 @@ _TRANSITIONS: list[Row] = [
     {"trigger": "TransportLost", "source": AUTHENTICATING, "dest": State.STALE,
      "before": "count_failure"},
     {"trigger": "CloseRequested", "source": AUTHENTICATING, "dest": State.CLOSED},
+    {"trigger": "Crashed", "source": AUTHENTICATING, "dest": State.FAILED,
+     "before": "count_failure"},  # as every active state: a corrupt link fails
     # -- everything else the state must answer -----------------------------------------
     {"trigger": "SendRequested", "source": AUTHENTICATING, "dest": None,
      "after": "accept_message"},  # queued; flows once online
