@@ -14,7 +14,7 @@ tests/bench_hub.py flood``), which is how the "before" figures of issue 7 were t
   (its ``websockets`` reader stops after one queued frame, so TCP backs up to the hub).
 * ``bigecho``: an echo hub; one client sends 400 messages of 1 MiB and reads the echoes
   without acknowledging any (the hub must hold what is unacknowledged), then the same
-  with an ``ack`` for every echo.
+  with an ``ack`` for every echo and at most 8 echoes outstanding.
 * ``locked``: an echo hub on SQLite; a second ``sqlite3`` connection holds ``BEGIN
   EXCLUSIVE`` on the file for a few seconds while one client pings every 20 ms and
   another keeps sending messages; the worst delay of a pong is reported.
@@ -159,7 +159,8 @@ async def bigecho(count: int, *, ack: bool) -> dict[str, Any]:
         task = asyncio.create_task(reader())
         try:
             for seq in range(1, count + 1):
-                while seq - acked_by_hub > inflight and not task.done():
+                while (seq - acked_by_hub > inflight or (ack and seq - echoed > 8)) \
+                        and not task.done():
                     await asyncio.sleep(0.001)
                 if task.done():
                     break
