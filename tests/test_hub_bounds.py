@@ -69,7 +69,7 @@ class DeafClient:
         assert head.startswith(b"HTTP/1.1 101"), head
         client = cls(reader, writer)
         client.writer.write(client_frame(0x1, b'{"type":"hello","v":1,"ack":0}'))
-        first, second = await reader.readexactly(2)
+        _, second = await reader.readexactly(2)
         length = second & 0x7F
         if length == 126:
             (length,) = struct.unpack("!H", await reader.readexactly(2))
@@ -172,7 +172,7 @@ def test_a_ping_flood_costs_one_pong_each_time_the_socket_takes_one() -> None:
             pongs = 0
             while True:
                 frame = await peer.recv()
-                if not isinstance(frame, Msg) and frame.ack == 1:
+                if not isinstance(frame, Msg) and getattr(frame, "ack", None) == 1:
                     break
                 pongs += 1
             assert 1 <= pongs < 2000, pongs  # coalesced, never more than asked

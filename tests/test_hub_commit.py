@@ -112,21 +112,21 @@ def test_send_refuses_data_deeper_than_max_depth_and_delivers_max_depth() -> Non
     from adapters.websocket import connect
 
     async def main() -> None:
-        async with hub_with() as (hub, _):
-            async with connect(f"ws://127.0.0.1:{hub.port}/", session=True,
-                               heartbeat=Heartbeat(interval=1, timeout=1)) as link:
-                await link.send("hello")
-                while not hub.sessions:
-                    await asyncio.sleep(0.01)
-                (sid,) = hub.sessions
-                with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH} levels.*"
-                                                     f"MAX_DEPTH"):
-                    hub.send(sid, nested(MAX_DEPTH + 1))
-                with pytest.raises(ValueError, match="MAX_DEPTH"):
-                    hub.sessions[sid].send({"a": nested(MAX_DEPTH)})  # 65 with the dict
-                assert hub.sessions[sid].unacked == 0  # nothing was reserved or sent
-                await hub.send(sid, nested(MAX_DEPTH))
-                assert await asyncio.wait_for(link.receive(), 5) == nested(MAX_DEPTH)
+        async with hub_with() as (hub, _), \
+                connect(f"ws://127.0.0.1:{hub.port}/", session=True,
+                        heartbeat=Heartbeat(interval=1, timeout=1)) as link:
+            await link.send("hello")
+            while not hub.sessions:
+                await asyncio.sleep(0.01)
+            (sid,) = hub.sessions
+            with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH} levels.*"
+                                                 f"MAX_DEPTH"):
+                hub.send(sid, nested(MAX_DEPTH + 1))
+            with pytest.raises(ValueError, match="MAX_DEPTH"):
+                hub.sessions[sid].send({"a": nested(MAX_DEPTH)})  # 65 with the dict
+            assert hub.sessions[sid].unacked == 0  # nothing was reserved or sent
+            await hub.send(sid, nested(MAX_DEPTH))
+            assert await asyncio.wait_for(link.receive(), 5) == nested(MAX_DEPTH)
 
     run(main())
 
@@ -241,7 +241,7 @@ def test_sends_outside_handlers_resolve_when_committed_and_keep_their_order() ->
             frames = await peer.recv_until(lambda f: isinstance(f, Msg) and f.seq == 50)
             assert msgs(frames) == [(n + 1, n) for n in range(50)]
             await hub.close()
-            with pytest.raises(RuntimeError, match="after hub.close"):
+            with pytest.raises(RuntimeError, match=r"after hub\.close"):
                 hub.send(sid, "late")
 
     run(main())

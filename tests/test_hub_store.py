@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import shutil
 import sqlite3
@@ -28,7 +27,6 @@ from adapters.hub import Limits, Presence, Session, serve
 from adapters.stores import MemoryStore, SQLiteStore
 from fsm import Heartbeat
 from fsm.protocol import Ack, Hello, Msg, Ping, Pong
-from fsm.protocol import Error as ErrorFrame
 from tests.test_hub import Peer, msgs, run
 
 pytestmark = pytest.mark.realsocket
@@ -141,18 +139,11 @@ class FlakyStore(MemoryStore):
     failures = 2
     calls = 0
 
-    if inspect.iscoroutinefunction(MemoryStore.drop):
-        async def drop(self, session_ids: Sequence[str]) -> None:
-            self.calls += 1
-            if self.calls <= self.failures:
-                raise OSError("the store's disk went away")
-            await super().drop(session_ids)
-    else:  # pragma: no cover (the store interface before issue 7, for the regression)
-        def drop(self, session_ids: Sequence[str]) -> None:  # type: ignore[override]
-            self.calls += 1
-            if self.calls <= self.failures:
-                raise OSError("the store's disk went away")
-            super().drop(session_ids)  # type: ignore[unused-coroutine]
+    async def drop(self, session_ids: Sequence[str]) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError("the store's disk went away")
+        await super().drop(session_ids)
 
 
 def test_a_store_error_in_the_presence_timer_never_keeps_a_session_from_expiring() -> None:
@@ -235,7 +226,7 @@ def test_a_busy_store_error_frame_names_the_store() -> None:
             await peer.hello()
             await peer.send(Msg(seq=1, ack=0, data="x"))
             error = await peer.error()
-            assert isinstance(error, ErrorFrame) and error.code == "busy"
+            assert error.code == "busy"
             assert "locked by another connection" in error.message
             assert error.retry_after == 0.2 and not error.fatal
         finally:

@@ -99,7 +99,7 @@ def test_a_disconnected_session_stays_present_for_the_bound() -> None:
     assert watch.handle(DeadlineReached(), 2.5) == [
         Announce(Presence.PRESENT, Presence.STALE)]
     assert watch.handle(Attached(), 3.0) == [Announce(Presence.STALE, Presence.PRESENT)]
-    assert watch.phase is Phase.LISTENING and watch.last_heard == 3.0
+    assert (watch.phase, watch.last_heard) == (Phase.LISTENING, 3.0)
 
 
 def test_expire_after_may_change_and_applies_at_once() -> None:

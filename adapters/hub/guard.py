@@ -23,7 +23,7 @@ from typing import Any
 from adapters.hub.limits import Limits
 
 __all__ = ["FD_RESERVE", "Guard", "HandshakeRequest", "RateLimitedLog", "Refuse",
-           "connection_cap"]
+           "calm_accept_errors", "connection_cap"]
 
 #: File descriptors kept for everything that is not a client socket (listening sockets,
 #: the store's files, the loop's own, logs): an eighth of the limit, at least 16.
@@ -171,3 +171,27 @@ class RateLimitedLog(logging.Filter):
             self._windows = {k: v for k, v in self._windows.items()
                              if now - v[0] < self.period}
         return False
+
+
+class _AcceptErrors(logging.Filter):
+    """asyncio logs "socket.accept() out of system resource" for *every* failed accept
+    of a readiness event (up to the listen backlog, about a hundred, each second while
+    out of file descriptors): thousands of lines a minute. Only those lines are
+    rate-limited; every other asyncio record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calm = RateLimitedLog(burst=3, period=10.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and \
+                record.msg.startswith("socket.accept() out of system resource"):
+            return self.calm.filter(record)
+        return True
+
+
+def calm_accept_errors() -> None:
+    """Install the filter on the ``asyncio`` logger (once per process)."""
+    target = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AcceptErrors) for f in target.filters):
+        target.addFilter(_AcceptErrors())

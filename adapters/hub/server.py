@@ -29,7 +29,14 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from adapters.hub.guard import Guard, HandshakeRequest, RateLimitedLog, Refuse, connection_cap
+from adapters.hub.guard import (
+    Guard,
+    HandshakeRequest,
+    RateLimitedLog,
+    Refuse,
+    calm_accept_errors,
+    connection_cap,
+)
 from adapters.hub.limits import Limits, check_count, check_seconds
 from adapters.hub.session import Session
 from adapters.hub.wire import Channel, WireConnection
@@ -315,6 +322,7 @@ class Hub:
 
     async def _start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
         await self._load()
+        calm_accept_errors()
         options: dict[str, Any] = {}
         if ssl is not None:
             options["ssl"] = ssl
