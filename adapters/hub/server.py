@@ -737,8 +737,9 @@ class Hub:
                 if session._channel is not channel:
                     return
                 await self._deliver(session, msg)
-                session._inbox.popleft()
-                session._inbox_size -= size
+                if session._inbox and session._inbox[0][0] is msg:  # (not cleared meanwhile)
+                    session._inbox.popleft()
+                    session._inbox_size -= size
                 room.set()
 
     def _record(self, effect: Effect) -> None:
