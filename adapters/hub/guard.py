@@ -7,8 +7,9 @@
   hub), and says which cap a newcomer would break.
 * :func:`connection_cap` keeps the socket cap below the process's file descriptor
   limit, so a flood meets our cap (one cheap refusal) instead of ``EMFILE``.
-* :class:`RateLimitedLog` keeps repeated log lines (a refusal per flooding socket) to a
-  few per period, with a count of what was held back.
+* :class:`RateLimitedLog` (a filter) and :class:`CalmLog` (a hub's own logger) keep
+  repeated log lines (a refusal per flooding socket) to a few per period, with a count
+  of what was held back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from adapters.hub.limits import Limits
 
-__all__ = ["FD_RESERVE", "Guard", "HandshakeRequest", "RateLimitedLog", "Refuse",
+__all__ = ["FD_RESERVE", "CalmLog", "Guard", "HandshakeRequest", "RateLimitedLog", "Refuse",
            "calm_accept_errors", "connection_cap"]
 
 #: File descriptors kept for everything that is not a client socket (listening sockets,
@@ -146,31 +147,79 @@ class Guard:
 
 
 class RateLimitedLog(logging.Filter):
-    """At most ``burst`` records per message template per ``period`` seconds; the first
-    record let through after a quiet spell says how many were held back."""
+    """At most ``burst`` records per message template per ``period`` seconds, for records
+    at ``level`` or above (DEBUG lines pass: whoever turns them on wants them all); the
+    first record let through after a quiet spell says how many were held back."""
 
-    def __init__(self, burst: int = 5, period: float = 10.0) -> None:
+    def __init__(self, burst: int = 20, period: float = 10.0,
+                 level: int = logging.INFO) -> None:
         super().__init__()
-        self.burst, self.period = burst, period
+        self.burst, self.period, self.level = burst, period, level
         self._windows: dict[Any, tuple[float, int, int]] = {}  # start, passed, held
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.msg)
+    def admit(self, key: Any) -> int | None:
+        """``None``: hold this line back; else let it through, with the number of lines
+        like it that were held back since the last one that passed."""
         now = time.monotonic()
         start, passed, held = self._windows.get(key, (now, 0, 0))
         if now - start >= self.period:
-            if held:
-                record.msg = f"{record.msg} [{held} more like this held back]"
             self._windows[key] = (now, 1, 0)
-            return True
+            return held
         if passed < self.burst:
             self._windows[key] = (start, passed + 1, held)
-            return True
+            return 0
         self._windows[key] = (start, passed, held + 1)
         if len(self._windows) > 1000:  # templates are few; keep the map small anyway
             self._windows = {k: v for k, v in self._windows.items()
                              if now - v[0] < self.period}
-        return False
+        return None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return True
+        held = self.admit((record.name, record.msg))
+        if held is None:
+            return False
+        if held:
+            record.msg = f"{record.msg} [{held} more like this held back]"
+        return True
+
+
+class CalmLog:
+    """A logger whose INFO-and-above lines go through a :class:`RateLimitedLog` of this
+    object's own: each hub keeps its own count, so one hub's flood never hides another
+    hub's lines (nor one test's from the next)."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, period: float = 10.0) -> None:
+        self.logger = logger
+        self._limit = RateLimitedLog(burst, period)
+
+    def _log(self, level: int, msg: str, args: tuple[Any, ...], exc_info: Any) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        if level >= self._limit.level:
+            held = self._limit.admit(msg)
+            if held is None:
+                return
+            if held:
+                msg = f"{msg} [{held} more like this held back]"
+        self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=3)
+
+    def debug(self, msg: str, *args: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(msg, *args, stacklevel=2)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._log(logging.INFO, msg, args, None)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._log(logging.WARNING, msg, args, None)
+
+    def error(self, msg: str, *args: Any, exc_info: Any = None) -> None:
+        self._log(logging.ERROR, msg, args, exc_info)
+
+    def exception(self, msg: str, *args: Any) -> None:
+        self._log(logging.ERROR, msg, args, True)
 
 
 class _AcceptErrors(logging.Filter):
@@ -181,7 +230,7 @@ class _AcceptErrors(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calm = RateLimitedLog(burst=3, period=10.0)
+        self.calm = RateLimitedLog(burst=3, period=10.0, level=logging.DEBUG)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and \

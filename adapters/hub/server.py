@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from adapters.hub.guard import (
+    CalmLog,
     Guard,
     HandshakeRequest,
     RateLimitedLog,
@@ -78,9 +79,7 @@ logger = logging.getLogger("tether.hub")
 hub_wire_logger = logging.getLogger("tether.wire.hub")
 for _filter in wire_logger.filters:
     hub_wire_logger.addFilter(_filter)
-_calm = RateLimitedLog()
-hub_wire_logger.addFilter(_calm)
-logger.addFilter(_calm)
+hub_wire_logger.addFilter(RateLimitedLog())
 
 #: A session stale for 5 minutes is forgotten (the protocol's default).
 DEFAULT_EXPIRE_AFTER = 300.0
@@ -135,8 +134,9 @@ class _Sends:
     Settled exactly once: they *arrive* (the commit that carries them succeeded) or are
     *released* (it failed, or never happened)."""
 
-    def __init__(self, plan: list[tuple[Session, str, int]],
+    def __init__(self, log: CalmLog, plan: list[tuple[Session, str, int]],
                  futures: list[asyncio.Future[None]] | None = None) -> None:
+        self.log = log
         self.plan = plan
         self.futures = futures or []
         self.settled = False
@@ -149,7 +149,8 @@ class _Sends:
         for (target, text, size), wire in zip(self.plan, wires, strict=True):
             if wire is None:
                 target._unreserve(size)
-                logger.warning("! send to session %s dropped: it expired meanwhile", target.id)
+                self.log.warning("! send to session %s dropped: it expired meanwhile",
+                                 target.id)
             else:
                 target._arrive(wire, text, size)
         for future in self.futures:
@@ -184,6 +185,7 @@ class Hub:
         self._handler = handler
         self._authenticate = authenticate
         self._owns_store = owns_store
+        self._log = CalmLog(logger)
         self._sessions: dict[str, Session] = {}
         self._presence: dict[str, Presence] = {}
         self._owners: dict[str, set[str]] = {}
@@ -305,8 +307,9 @@ class Hub:
             await asyncio.wait(self._helpers)
         pending, self._outgoing = self._outgoing, []
         if pending:
-            logger.error("! hub closed with %d sends not committed", len(pending))
-            _Sends([(t, x, s) for t, x, s, _ in pending], [f for *_, f in pending]).release(
+            self._log.error("! hub closed with %d sends not committed", len(pending))
+            _Sends(self._log, [(t, x, s) for t, x, s, _ in pending],
+                   [f for *_, f in pending]).release(
                 RuntimeError("the hub closed before this message was committed"))
         if self._owns_store:
             await self.store.aclose()
@@ -337,10 +340,10 @@ class Hub:
         self._helpers = [asyncio.create_task(self._flushing()),
                          asyncio.create_task(self._housekeeping())]
         if self.max_connections < self.limits.max_connections:
-            logger.info("= connection cap %d (limits.max_connections %d, lowered for the "
+            self._log.info("= connection cap %d (limits.max_connections %d, lowered for the "
                         "file descriptor limit)", self.max_connections,
                         self.limits.max_connections)
-        logger.info("= hub listening on %s:%d, epoch %s, %d sessions%s", host, self.port,
+        self._log.info("= hub listening on %s:%d, epoch %s, %d sessions%s", host, self.port,
                     self.epoch, len(self._sessions),
                     ", authenticating" if self._authenticate else "")
 
@@ -351,7 +354,7 @@ class Hub:
         bound = self.heartbeat.bound
         expired = await self.store.expire(wall - bound - self.expire_after)
         if expired:
-            logger.info("= %d sessions expired while the hub was down", len(expired))
+            self._log.info("= %d sessions expired while the hub was down", len(expired))
         for record in await self.store.sessions():
             silent = max(0.0, wall - record.last_seen)
             if silent < bound:
@@ -391,19 +394,19 @@ class Hub:
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except Refuse as refusal:
-            logger.info("! %s: refused with HTTP %d %s", ws.tether_address, refusal.status,
+            self._log.info("! %s: refused with HTTP %d %s", ws.tether_address, refusal.status,
                         refusal.reason)
             return self._refusal(ws, refusal.status, refusal.reason)
         except Exception:
-            logger.exception("! %s: authenticate raised: refused with HTTP 500",
+            self._log.exception("! %s: authenticate raised: refused with HTTP 500",
                              ws.tether_address)
             return ws.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
         if outcome is None:
-            logger.info("! %s: not authenticated: refused with HTTP 401", ws.tether_address)
+            self._log.info("! %s: not authenticated: refused with HTTP 401", ws.tether_address)
             return self._refusal(ws, 401, "")
         principal: object = outcome
         if not isinstance(principal, str) or not principal:
-            logger.error("! %s: authenticate returned %s, not a principal (a non-empty str) "
+            self._log.error("! %s: authenticate returned %s, not a principal (a non-empty str) "
                          "or None: refused with HTTP 500", ws.tether_address,
                          type(outcome).__name__)
             return ws.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
@@ -442,7 +445,7 @@ class Hub:
             self._evict(victim)
 
     def _evict(self, session: Session) -> None:
-        logger.info("= session %s forgotten to make room: it never delivered anything",
+        self._log.info("= session %s forgotten to make room: it never delivered anything",
                     session.id)
         old = session.presence
         self._forget(session)
@@ -472,19 +475,19 @@ class Hub:
             raise
 
     async def _serve(self, ws: WireConnection) -> None:
-        channel = Channel(ws, drain_timeout=self.heartbeat.bound)
+        channel = Channel(ws, drain_timeout=self.heartbeat.bound, log=self._log)
         session: Session | None = None
         try:
             try:
                 session = await self._handshake(channel)
             except ProtocolViolation as violation:
-                logger.info("! %s: %s", channel.address, violation)
+                self._log.info("! %s: %s", channel.address, violation)
                 await self._fail(channel, violation)
                 return
             except ConnectionClosed:
                 return
             except Exception:
-                logger.exception("! %s: hub error in the handshake", channel.address)
+                self._log.exception("! %s: hub error in the handshake", channel.address)
                 await channel.close(1011, "hub error")
                 return
             await self._run(channel, session)
@@ -520,7 +523,7 @@ class Hub:
                 await channel.fail("busy", f"the session store is busy: {error}", 1013,
                                    retry_after=self.limits.retry_after)
             elif error is not None:
-                logger.error("! %s: hub error", session.id, exc_info=error)
+                self._log.error("! %s: hub error", session.id, exc_info=error)
                 await channel.close(1011, "hub error")
             else:
                 await channel.close()
@@ -529,10 +532,10 @@ class Hub:
         more.set()  # the worker delivers what was read before, then stops
         error = reader.exception()
         if isinstance(error, ProtocolViolation):
-            logger.info("! %s: %s", session.id, error)
+            self._log.info("! %s: %s", session.id, error)
             await self._fail(channel, error)
         elif error is not None and not isinstance(error, ConnectionClosed):
-            logger.error("! %s: hub error", session.id, exc_info=error)
+            self._log.error("! %s: hub error", session.id, exc_info=error)
             await channel.close(1011, "hub error")
         else:
             await channel.close()
@@ -550,7 +553,7 @@ class Hub:
         if not isinstance(frame, Hello):
             raise ProtocolViolation("handshake", f"expected hello, got "
                                                  f"{type(frame).__name__.lower()}")
-        logger.debug("< %s %r", channel.address, frame)  # Hello's repr hides the token
+        self._log.debug("< %s %r", channel.address, frame)  # Hello's repr hides the token
         owner = self._owner_of(channel)
         if not self._guard.hello(owner, self._loop.time()):
             raise _Busy(f"more than {self.limits.hello_rate} hellos per second from {owner}",
@@ -573,13 +576,13 @@ class Hub:
         try:
             record = await self.store.resume(session_id, token)
         except Unauthorized:
-            logger.warning("! %s: wrong token for session %s: refused", channel.address,
+            self._log.warning("! %s: wrong token for session %s: refused", channel.address,
                            session_id)
             raise ProtocolViolation("unauthorized", "wrong token for this session") from None
         except StoreBusy:
             raise _Busy("the session store is busy", self.limits.retry_after) from None
         if record is not None and record.principal != channel.principal:
-            logger.warning("! %s: session %s belongs to another principal: refused",
+            self._log.warning("! %s: session %s belongs to another principal: refused",
                            channel.address, session_id)
             raise ProtocolViolation("unauthorized", "this session belongs to another principal")
         return record
@@ -604,7 +607,7 @@ class Hub:
         self._notify(session.id, Presence.GONE, Presence.PRESENT)
         channel.welcome(Welcome(session=session.id, epoch=self.epoch, resumed=False, ack=0,
                                 token=token, limits=self._announced()))
-        logger.info("= %s: new session %s", channel.address, session.id)
+        self._log.info("= %s: new session %s", channel.address, session.id)
         return session
 
     async def _resume(self, channel: Channel, session: Session, hello: Hello
@@ -615,14 +618,14 @@ class Hub:
             self._check_ack(session, hello.ack)  # a bad ack changes nothing
             old = session._channel
             if old is not None:
-                logger.info("= %s: session %s moves to a new connection", channel.address,
+                self._log.info("= %s: session %s moves to a new connection", channel.address,
                             session.id)
                 self._unbind(session, old)
                 old.abort()
             self._attach(session, channel, sent=hello.ack)
             channel.welcome(Welcome(session=session.id, epoch=self.epoch, resumed=True,
                                     ack=session.last_in, limits=self._announced()))
-        logger.info("= %s: session %s resumed, %d to replay", channel.address, session.id,
+        self._log.info("= %s: session %s resumed, %d to replay", channel.address, session.id,
                     session.unacked)
         return session
 
@@ -666,10 +669,10 @@ class Hub:
             if session._channel is not channel:
                 return  # taken over by a newer connection
             frame = protocol.decode(text, max_frame=limits.max_frame)
-            logger.debug("< %s %.200r", session.id, frame)
+            self._log.debug("< %s %.200r", session.id, frame)
             self._feed(session, Heard())
             if isinstance(frame, ErrorFrame):
-                logger.info("< %s: client error %s: %s", session.id, frame.code, frame.message)
+                self._log.info("< %s: client error %s: %s", session.id, frame.code, frame.message)
                 return
             if not isinstance(frame, Msg | Ack | Ping | Pong):
                 raise ProtocolViolation("handshake", f"unexpected "
@@ -681,7 +684,7 @@ class Hub:
             elif isinstance(frame, Msg):
                 if frame.seq <= session._read:
                     session._duplicates += 1
-                    logger.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
+                    self._log.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
                     if frame.seq <= session.last_in:
                         self._owe_ack(session, force=True)
                     continue
@@ -755,7 +758,7 @@ class Hub:
         only then is it acknowledged. Raises :class:`_HandlerFailed` or
         :class:`_StoreStayedBusy` when it was not delivered."""
         delivery = _Delivery(session, msg.seq)
-        sends = _Sends(delivery.sends)
+        sends = _Sends(self._log, delivery.sends)
         token = _current.set(delivery)
         try:
             try:
@@ -763,7 +766,7 @@ class Hub:
                 if inspect.isawaitable(result):
                     await result
             except Exception as error:
-                logger.exception("! %s: handler failed on msg %d; not delivered, the client "
+                self._log.exception("! %s: handler failed on msg %d; not delivered, the client "
                                  "will send it again", session.id, msg.seq)
                 raise _HandlerFailed from error
             finally:
@@ -791,13 +794,13 @@ class Hub:
                     return
                 except StoreBusy as error:
                     if self._loop.time() + pause > deadline:
-                        logger.warning("! %s: msg %d not committed: %s", session.id, msg.seq,
+                        self._log.warning("! %s: msg %d not committed: %s", session.id, msg.seq,
                                        error)
                         raise _StoreStayedBusy(str(error)) from error
                     await asyncio.sleep(pause)
                     pause = min(2 * pause, 0.2)
                 except Exception as error:
-                    logger.exception("! %s: commit of msg %d failed; not delivered, the "
+                    self._log.exception("! %s: commit of msg %d failed; not delivered, the "
                                      "client will send it again", session.id, msg.seq)
                     raise _HandlerFailed from error
         finally:
@@ -844,7 +847,7 @@ class Hub:
         batch, self._outgoing = self._outgoing, []
         acked, self._acks = self._acks, {}
         if batch or acked:
-            sends = _Sends([(t, text, size) for t, text, size, _ in batch],
+            sends = _Sends(self._log, [(t, text, size) for t, text, size, _ in batch],
                            [future for *_, future in batch])
             commit = Commit(now=time.time(), sends=[(t.id, text) for t, text, _, _ in batch],
                             acked=acked)
@@ -855,12 +858,12 @@ class Hub:
                         await self._commit(commit, sends)
                         break
                     except StoreBusy as error:
-                        logger.warning("! %d sends not committed yet, retrying: %s",
+                        self._log.warning("! %d sends not committed yet, retrying: %s",
                                        len(batch), error)
                         await asyncio.sleep(pause)
                         pause = min(2 * pause, self.limits.retry_after)
                     except Exception as error:
-                        logger.exception("! %d sends could not be committed", len(batch))
+                        self._log.exception("! %d sends could not be committed", len(batch))
                         for sid, upto in acked.items():  # try those again later
                             self._acks[sid] = max(upto, self._acks.get(sid, 0))
                         sends.release(error)
@@ -874,7 +877,7 @@ class Hub:
             try:
                 await self.store.drop(drops)
             except Exception as error:
-                logger.warning("! could not drop %d forgotten sessions from the store (will "
+                self._log.warning("! could not drop %d forgotten sessions from the store (will "
                                "retry): %s", len(drops), error)
             else:
                 self._drops.difference_update(drops)
@@ -917,7 +920,7 @@ class Hub:
             elif isinstance(action, AbortConnection):
                 channel = session._channel
                 if channel is not None:
-                    logger.info("! %s: silent for %.2f s: connection aborted", session.id,
+                    self._log.info("! %s: silent for %.2f s: connection aborted", session.id,
                                 self._loop.time() - session._watch.last_heard)
                     self._unbind(session, channel)
                     channel.abort()
@@ -926,7 +929,7 @@ class Hub:
                     self._presence[session.id] = action.new
                 self._notify(session.id, action.old, action.new)
             elif isinstance(action, Forget):
-                logger.info("= session %s expired", session.id)
+                self._log.info("= session %s expired", session.id)
                 self._forget(session)
                 return
         self._arm(session)
@@ -986,12 +989,12 @@ class Hub:
         self._flush_wake.set()
 
     def _notify(self, session_id: str, old: Presence, new: Presence) -> None:
-        logger.debug("= %s: %s -> %s", session_id, old.value, new.value)
+        self._log.debug("= %s: %s -> %s", session_id, old.value, new.value)
         for callback in list(self._callbacks):
             try:
                 callback(session_id, old, new)
             except Exception:
-                logger.exception("! presence callback %r raised", callback)
+                self._log.exception("! presence callback %r raised", callback)
 
     async def _housekeeping(self) -> None:
         """Now and then: write when each session was last heard (for expiry across
@@ -1007,7 +1010,7 @@ class Hub:
             try:
                 await self.store.touch(seen)
             except Exception as error:
-                logger.warning("! could not record last-seen times (will retry): %s", error)
+                self._log.warning("! could not record last-seen times (will retry): %s", error)
             else:
                 flushed = {sid: self._sessions[sid]._watch.last_heard for sid in seen
                            if sid in self._sessions}

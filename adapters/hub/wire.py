@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from websockets.asyncio.server import ServerConnection
@@ -32,12 +31,11 @@ from fsm.protocol import Error as ErrorFrame
 from fsm.protocol import Welcome
 
 if TYPE_CHECKING:
+    from adapters.hub.guard import CalmLog
     from adapters.hub.server import Hub
     from adapters.hub.session import Session
 
 __all__ = ["Channel", "WireConnection"]
-
-logger = logging.getLogger("tether.hub")
 
 
 class WireConnection(ServerConnection):
@@ -56,8 +54,8 @@ class WireConnection(ServerConnection):
         self.tether_address = str(peer[0]) if peer else "?"
         refusal = self.hub._guard.admit(self.tether_address)
         if refusal is not None:
-            logger.warning("! %s: connection dropped on accept: %s", self.tether_address,
-                           refusal)
+            self.hub._log.warning("! %s: connection dropped on accept: %s",
+                                  self.tether_address, refusal)
             self.transport.abort()
             return
         self.tether_admitted = True
@@ -71,9 +69,9 @@ class WireConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.transport.get_write_buffer_size() > self.hub._write_budget:
-            logger.warning("! %s: the client does not read (%d bytes unsent): connection "
-                           "dropped", self.tether_address,
-                           self.transport.get_write_buffer_size())
+            self.hub._log.warning("! %s: the client does not read (%d bytes unsent): "
+                                  "connection dropped", self.tether_address,
+                                  self.transport.get_write_buffer_size())
             self.transport.abort()
 
     def answered(self) -> None:
@@ -86,8 +84,9 @@ class WireConnection(ServerConnection):
 class Channel:
     """The frames of one socket, written by one task (see the module docstring)."""
 
-    def __init__(self, ws: WireConnection, drain_timeout: float) -> None:
+    def __init__(self, ws: WireConnection, drain_timeout: float, log: CalmLog) -> None:
         self.ws = ws
+        self._log = log
         self.address = ws.tether_address
         self.principal = ws.tether_principal
         self.session: Session | None = None
@@ -108,7 +107,7 @@ class Channel:
     # -- what to write ---------------------------------------------------------------------------
 
     def welcome(self, frame: Welcome) -> None:
-        logger.debug("> %s %r", self.address, frame)  # Welcome's repr hides the token
+        self._log.debug("> %s %r", self.address, frame)  # Welcome's repr hides the token
         self._first = protocol.encode(frame)
         self.ws.answered()
         self._wake.set()
@@ -181,9 +180,9 @@ class Channel:
                     async with asyncio.timeout(self._drain_timeout):
                         await self.ws.send(item)
                 except TimeoutError:
-                    logger.warning("! %s: the client took no frame for %.1f s: not reading; "
-                                   "connection dropped (its session is kept)", self.address,
-                                   self._drain_timeout)
+                    self._log.warning("! %s: the client took no frame for %.1f s: not "
+                                      "reading; connection dropped (its session is kept)",
+                                      self.address, self._drain_timeout)
                     self.abort()
                     return
 
@@ -203,7 +202,7 @@ class Channel:
         if self.closing:
             return await self._finish(2.0)
         frame = ErrorFrame(code=code, message=message, fatal=fatal, retry_after=retry_after)
-        logger.debug("> %s %r", self.address, frame)
+        self._log.debug("> %s %r", self.address, frame)
         self.closing = True
         self._final = (protocol.encode(frame), close_code, code)
         self._wake.set()
