@@ -134,9 +134,9 @@ class _Sends:
     Settled exactly once: they *arrive* (the commit that carries them succeeded) or are
     *released* (it failed, or never happened)."""
 
-    def __init__(self, log: CalmLog, plan: list[tuple[Session, str, int]],
+    def __init__(self, hub: Hub, plan: list[tuple[Session, str, int]],
                  futures: list[asyncio.Future[None]] | None = None) -> None:
-        self.log = log
+        self.hub = hub
         self.plan = plan
         self.futures = futures or []
         self.settled = False
@@ -149,10 +149,11 @@ class _Sends:
         for (target, text, size), wire in zip(self.plan, wires, strict=True):
             if wire is None:
                 target._unreserve(size)
-                self.log.warning("! send to session %s dropped: it expired meanwhile",
-                                 target.id)
+                self.hub._log.warning("! send to session %s dropped: it expired meanwhile",
+                                      target.id)
             else:
                 target._arrive(wire, text, size)
+                self.hub._update_idle(target)  # it holds a message now: not forgettable
         for future in self.futures:
             if not future.done():
                 future.set_result(None)
@@ -308,7 +309,7 @@ class Hub:
         pending, self._outgoing = self._outgoing, []
         if pending:
             self._log.error("! hub closed with %d sends not committed", len(pending))
-            _Sends(self._log, [(t, x, s) for t, x, s, _ in pending],
+            _Sends(self, [(t, x, s) for t, x, s, _ in pending],
                    [f for *_, f in pending]).release(
                 RuntimeError("the hub closed before this message was committed"))
         if self._owns_store:
@@ -432,13 +433,14 @@ class Hub:
         limits = self.limits
         held = len(self._owners.get(owner, ())) + self._creating[owner]
         if held >= limits.sessions_per_owner:
-            victim = next((s for s in self._idle.values() if s._owner == owner), None)
+            victim = next((s for s in self._idle.values()
+                           if s._owner == owner and s._empty), None)
             if victim is None:
                 raise _Busy(f"{owner} holds {held} sessions, the cap per "
                             f"{owner.split(maxsplit=1)[0]}", limits.retry_after)
             self._evict(victim)
         if len(self._sessions) + self._creating.total() >= limits.max_sessions:
-            victim = next(iter(self._idle.values()), None)
+            victim = next((s for s in self._idle.values() if s._empty), None)
             if victim is None:
                 raise _Busy(f"the hub holds {len(self._sessions)} sessions, its limit",
                             limits.retry_after)
@@ -758,7 +760,7 @@ class Hub:
         only then is it acknowledged. Raises :class:`_HandlerFailed` or
         :class:`_StoreStayedBusy` when it was not delivered."""
         delivery = _Delivery(session, msg.seq)
-        sends = _Sends(self._log, delivery.sends)
+        sends = _Sends(self, delivery.sends)
         token = _current.set(delivery)
         try:
             try:
@@ -782,8 +784,6 @@ class Hub:
                 session._committed = msg.seq
                 session.delivered += 1
                 self._update_idle(session)
-                for target, _, _ in delivery.sends:
-                    self._update_idle(target)
                 self._owe_ack(session)
 
             deadline = self._loop.time() + self.limits.retry_after
@@ -847,7 +847,7 @@ class Hub:
         batch, self._outgoing = self._outgoing, []
         acked, self._acks = self._acks, {}
         if batch or acked:
-            sends = _Sends(self._log, [(t, text, size) for t, text, size, _ in batch],
+            sends = _Sends(self, [(t, text, size) for t, text, size, _ in batch],
                            [future for *_, future in batch])
             commit = Commit(now=time.time(), sends=[(t.id, text) for t, text, _, _ in batch],
                             acked=acked)
