@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--max-sessions", type=int, default=10_000)
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args([] if argv is None else list(argv))  # tests.bench: all
     if args.scenario == "all":
         asyncio.run(_all(args.seconds))
     elif args.scenario == "flood":
@@ -367,4 +367,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -841,7 +841,11 @@ class Hub:
         while True:
             await self._flush_wake.wait()
             self._flush_wake.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # a bug: say so, and keep committing the next ones
+                self._log.exception("! the hub's commit task failed; it goes on")
+                await asyncio.sleep(self.limits.retry_after)
 
     async def _flush(self) -> None:
         batch, self._outgoing = self._outgoing, []
@@ -958,7 +962,7 @@ class Hub:
             task = asyncio.create_task(self._deadline_after_reading(session),
                                        context=contextvars.Context())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._task_done)
         else:
             self._feed(session, DeadlineReached(busy=session._busy))
 
@@ -967,6 +971,11 @@ class Hub:
             await asyncio.sleep(0)
         if self._sessions.get(session.id) is session:
             self._feed(session, DeadlineReached(busy=session._busy))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("! a hub task failed", exc_info=task.exception())
 
     def _forget(self, session: Session) -> None:
         """Drop a session: from memory now, from the store when it next answers (a store
@@ -1003,20 +1012,29 @@ class Hub:
         flushed: dict[str, float] = {}
         while True:
             await asyncio.sleep(period)
-            now, wall = self._loop.time(), time.time()
-            seen = {sid: wall - (now - s._watch.last_heard)
-                    for sid, s in self._sessions.items()
-                    if s._watch.last_heard > flushed.get(sid, float("-inf"))}
             try:
-                await self.store.touch(seen)
-            except Exception as error:
-                self._log.warning("! could not record last-seen times (will retry): %s", error)
-            else:
-                flushed = {sid: self._sessions[sid]._watch.last_heard for sid in seen
-                           if sid in self._sessions}
-            self._guard.forget_quiet(now)
-            if self._drops:
-                self._flush_wake.set()
+                flushed = await self._housekeep(flushed)
+            except Exception:
+                self._log.exception("! housekeeping failed; it goes on")
+
+    async def _housekeep(self, flushed: dict[str, float]) -> dict[str, float]:
+        """One round of housekeeping; returns when each session's last-heard time was
+        last written (the next round writes only what moved)."""
+        now, wall = self._loop.time(), time.time()
+        heard = {sid: s._watch.last_heard for sid, s in self._sessions.items()}
+        seen = {sid: wall - (now - at) for sid, at in heard.items()
+                if at > flushed.get(sid, float("-inf"))}
+        try:
+            await self.store.touch(seen)
+        except Exception as error:
+            self._log.warning("! could not record last-seen times (will retry): %s", error)
+        else:
+            flushed = {sid: at for sid, at in {**flushed, **{s: heard[s] for s in seen}}.items()
+                       if sid in self._sessions}
+        self._guard.forget_quiet(now)
+        if self._drops:
+            self._flush_wake.set()
+        return flushed
 
     # -- encoding ---------------------------------------------------------------------------------
 

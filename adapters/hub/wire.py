@@ -20,7 +20,6 @@ for a resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, ClassVar
 
 from websockets.asyncio.server import ServerConnection
@@ -166,25 +165,33 @@ class Channel:
             session._ack_carried(ack)
 
     async def _write_loop(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                item = self._next()
-                if item is None:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                if isinstance(item, tuple):
-                    await self.ws.close(*item)
-                    return
-                try:
-                    async with asyncio.timeout(self._drain_timeout):
-                        await self.ws.send(item)
-                except TimeoutError:
-                    self._log.warning("! %s: the client took no frame for %.1f s: not "
-                                      "reading; connection dropped (its session is kept)",
-                                      self.address, self._drain_timeout)
-                    self.abort()
-                    return
+        try:
+            await self._write_frames()
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug: never a silent, stuck connection
+            self._log.exception("! %s: the writer failed; connection dropped", self.address)
+            self.abort()
+
+    async def _write_frames(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if isinstance(item, tuple):
+                await self.ws.close(*item)
+                return
+            try:
+                async with asyncio.timeout(self._drain_timeout):
+                    await self.ws.send(item)
+            except TimeoutError:
+                self._log.warning("! %s: the client took no frame for %.1f s: not "
+                                  "reading; connection dropped (its session is kept)",
+                                  self.address, self._drain_timeout)
+                self.abort()
+                return
 
     # -- ending ----------------------------------------------------------------------------------
 
