@@ -18,10 +18,11 @@ tests/bench_hub.py flood``), which is how the "before" figures of issue 7 were t
 * ``locked``: an echo hub on SQLite; a second ``sqlite3`` connection holds ``BEGIN
   EXCLUSIVE`` on the file for a few seconds while one client pings every 20 ms and
   another keeps sending messages; the worst delay of a pong is reported.
-* ``attack``: an authenticating hub (when the checkout has ``authenticate=``); an
-  attacker opens connections at full rate from 127.0.0.2-9, half with a valid token of
-  its own, sends hellos and never anything else; an honest client (own token) connects
-  again and again; reported: how long each of its connects took to a ``welcome``.
+* ``attack``: an authenticating hub (when the checkout has ``authenticate=``; with
+  ``--anonymous``, a hub without); an attacker opens connections at full rate from
+  127.0.0.2-9, half with a valid token of its own, sends hellos and never anything else;
+  an honest client (own token) connects again and again; reported: how many of its
+  connects got a ``welcome`` and how long they took.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ _ATTACK_HUB = textwrap.dedent("""
         return TOKENS.get(value.removeprefix("Bearer "))
     async def main():
         options = {}
-        if "authenticate" in inspect.signature(serve).parameters:
+        if "authenticate" in inspect.signature(serve).parameters and sys.argv[2] == "auth":
             options["authenticate"] = authenticate
         limits = {"max_sessions": int(sys.argv[1])}
         hub = await serve(lambda session, data: None, limits=Limits(**limits), **options)
@@ -270,8 +271,10 @@ _ATTACK_HUB = textwrap.dedent("""
 """)
 
 
-async def attack(seconds: float, *, max_sessions: int = 10_000) -> dict[str, Any]:
-    async with hub_process("-c", _ATTACK_HUB, str(max_sessions)) as (_, port):
+async def attack(seconds: float, *, max_sessions: int = 10_000,
+                 anonymous: bool = False) -> dict[str, Any]:
+    mode = "anonymous" if anonymous else "auth"
+    async with hub_process("-c", _ATTACK_HUB, str(max_sessions), mode) as (_, port):
         stop = asyncio.Event()
         attempts = {"opened": 0, "refused": 0, "welcomed": 0, "busy": 0, "other": 0}
 
@@ -351,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--max-sessions", type=int, default=10_000)
+    parser.add_argument("--anonymous", action="store_true",
+                        help="attack: a hub without authenticate (tokens are ignored)")
     args = parser.parse_args([] if argv is None else list(argv))  # tests.bench: all
     if args.scenario == "all":
         asyncio.run(_all(args.seconds))
@@ -362,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.scenario == "locked":
         _print("locked", asyncio.run(locked(args.seconds)))
     else:
-        _print("attack", asyncio.run(attack(args.seconds, max_sessions=args.max_sessions)))
+        _print("attack", asyncio.run(attack(args.seconds, max_sessions=args.max_sessions,
+                                            anonymous=args.anonymous)))
     return 0
 
 
