@@ -186,6 +186,9 @@ class Hub:
         self._handler = handler
         self._authenticate = authenticate
         self._owns_store = owns_store
+        # A store whose calls never suspend (MemoryStore) is awaited directly; any other
+        # commit runs as its own task, shielded, so that its outcome is never lost.
+        self._immediate = getattr(store, "immediate", False) is True
         self._log = CalmLog(logger)
         self._sessions: dict[str, Session] = {}
         self._presence: dict[str, Presence] = {}
@@ -814,6 +817,12 @@ class Hub:
         meanwhile) the sends arrive at their sessions and ``committed`` runs: nothing
         after the store's commit can fail. If it fails, the caller decides (retry or
         release), unless the caller was cancelled: then the failure releases them."""
+        if self._immediate:  # the store's coroutines never suspend: nothing to shield
+            wires = await self.store.commit(commit)
+            sends.arrived(wires)
+            if committed is not None:
+                committed()
+            return
         task = asyncio.ensure_future(self.store.commit(commit))
 
         def settle(done: asyncio.Future[list[int | None]]) -> None:

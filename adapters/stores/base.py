@@ -23,7 +23,10 @@ requests, wire numbers are assigned by the store inside the commit, and a store 
 cannot answer now raises :class:`StoreBusy` (the hub turns it into a retryable ``busy``),
 never blocks.
 
-A store executes the calls of one hub in the order they were made.
+A store executes the calls of one hub in the order they were made. A store whose
+coroutines never suspend (they answer in the loop, like ``MemoryStore``) may say so with
+a class attribute ``immediate = True``; the hub then awaits its commits directly instead
+of running each as a shielded task (that only protects an answer that arrives later).
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ class _Entry:
 class MemoryStore:
     """Sessions in a dict: they live as long as this object. Fresh epoch per instance."""
 
+    #: Every call completes without suspending (see SessionStore): a hub awaits it
+    #: directly instead of running it as a task of its own.
+    immediate = True
+
     def __init__(self) -> None:
         self._epoch = secrets.token_urlsafe(9)
         self._entries: dict[str, _Entry] = {}
