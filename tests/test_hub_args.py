@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -207,3 +208,17 @@ def test_tether_hub_refuses_a_bad_token_file(workdir: Path) -> None:
          str(path)], check=False, cwd=REPO, capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert "tether hub: token file" in result.stderr and "shorter than 16" in result.stderr
+
+
+def test_tether_hub_names_a_bad_argument_and_a_busy_port() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for argv, words in ((["--expire-after", "nan"], "serve(expire_after=...) must be"),
+                            (["--port", str(port)], "address already in use")):
+            result = subprocess.run(
+                [sys.executable, "-m", "adapters.cli", "hub", *argv], check=False,
+                cwd=REPO, capture_output=True, text=True, timeout=20)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.startswith("tether hub: ") and words in result.stderr

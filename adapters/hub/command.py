@@ -131,8 +131,12 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"tether hub: {error}", file=sys.stderr)
             return 2
         logger.info("= %d principals from %s", len(tokens.principals), tokens.path)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args, tokens))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(args, tokens))
+    except (ValueError, TypeError, OSError) as error:  # an argument, a busy port
+        print(f"tether hub: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
