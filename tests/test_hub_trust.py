@@ -461,6 +461,18 @@ def test_repeated_log_lines_are_rate_limited() -> None:
         log.removeFilter(calm)
 
 
+def test_the_hubs_websockets_lines_keep_the_clients_secret_filters() -> None:
+    """websockets logs the hub's handshakes on ``tether.wire.hub``: every filter of the
+    shared ``tether.wire`` logger (no frame contents, no credentials) applies there too,
+    plus the hub's rate limit."""
+    from adapters.hub.server import hub_wire_logger
+    from adapters.websocket import wire_logger
+
+    assert wire_logger.filters
+    assert all(f in hub_wire_logger.filters for f in wire_logger.filters)
+    assert any(isinstance(f, RateLimitedLog) for f in hub_wire_logger.filters)
+
+
 def test_running_out_of_file_descriptors_is_not_a_log_flood(workdir: Path) -> None:
     """A hub whose file descriptor limit is cut to 40 under it (prlimit) while sockets
     pour in from eight addresses: asyncio's accept errors and the hub's refusals come a
