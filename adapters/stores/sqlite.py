@@ -276,11 +276,16 @@ class SQLiteStore:
 
     def _commit(self, commit: Commit) -> list[int | None]:
         with self._transaction() as db:
-            check_commit(commit, self._get)
             if commit.inbound is not None:
                 session_id, seq = commit.inbound
-                db.execute("UPDATE sessions SET last_in=?, last_seen=? WHERE id=?",
-                           (seq, commit.now, session_id))
+                # One statement checks and advances (every statement is a round trip
+                # for the GIL between this thread and the loop's).
+                moved = db.execute("UPDATE sessions SET last_in=?, last_seen=? "
+                                   "WHERE id=? AND last_in=?",
+                                   (seq, commit.now, session_id, seq - 1)).rowcount
+                if moved != 1:
+                    check_commit(commit, self._get)  # raises, naming what is wrong
+                    raise AssertionError("unreachable")  # pragma: no cover
             wires: list[int | None] = []
             next_wire: dict[str, int | None] = {}
             for session_id, text in commit.sends:
