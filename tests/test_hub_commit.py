@@ -245,3 +245,25 @@ def test_sends_outside_handlers_resolve_when_committed_and_keep_their_order() ->
                 hub.send(sid, "late")
 
     run(main())
+
+
+def test_room_reserved_by_a_handler_that_fails_is_given_back() -> None:
+    """A send reserves room in its target's outbox; a delivery that is not committed
+    (the handler raised afterwards) gives the room back, or the target would be full
+    for good."""
+    async def main() -> None:
+        def handler(session: Session, data: Any) -> None:
+            session.send("reserved")
+            raise RuntimeError("the handler fails after sending")
+
+        async with hub_with(handler, limits=Limits(outbox=1)) as (hub, _):
+            peer = await Peer.open(hub.port)
+            sid = (await peer.hello()).session
+            await peer.send(Msg(seq=1, ack=0, data="x"))
+            await peer.closed()  # 1011: not delivered
+            session = hub.sessions[sid]
+            assert (session.unacked, session._reserved, session._reserved_bytes) == (0, 0, 0)
+            await hub.send(sid, "room again")
+            assert session.unacked == 1
+
+    run(main())

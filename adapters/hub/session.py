@@ -140,7 +140,7 @@ class Session:
         """The highest wire number the client can have seen: every lower one arrived."""
         return self._next_wire - 1
 
-    def _reserve(self, size: int, pending: int = 0, pending_bytes: int = 0) -> None:
+    def _reserve(self, size: int) -> None:
         """Room for one more message of ``size`` bytes, or ``OutboxFull``."""
         limits = self._hub.limits
         count = len(self._ledger) + len(self._early) + self._reserved + 1
