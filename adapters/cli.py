@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub.add_argument("--echo", action="store_true", help="send every message back to its session")
     hub.add_argument("--expire-after", type=float, default=300.0, metavar="SECONDS",
                      help="forget sessions stale this long")
+    hub.add_argument("--token-file", metavar="PATH", default=None,
+                     help="authenticate clients: lines 'PRINCIPAL TOKEN'; clients send "
+                          "'Authorization: Bearer TOKEN' (see README, trust model)")
     hub.add_argument("--log-level", default="WARNING")
     hub.set_defaults(run=_hub)
     args = parser.parse_args(argv)

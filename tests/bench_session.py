@@ -278,7 +278,7 @@ async def throughput(tmp: Path, progress: Callable[[str], None]) -> dict[str, li
         try:
             return await _hub_run(text, store)
         finally:
-            store.close()
+            await store.aclose()
 
     variants: dict[str, Callable[[str], Awaitable[Run]]] = {
         RAW: lambda text: _plain_server_run(text, tether=False),

@@ -18,6 +18,7 @@ import logging
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -220,15 +221,15 @@ def test_resume_replays_unacknowledged_server_messages() -> None:
             peer = await Peer.open(hub.port)
             welcome = await peer.hello()
             sid = welcome.session
-            hub.send(sid, "a")
-            hub.send(sid, {"b": [1, None]})
+            hub.send(sid, "a")  # not awaited: committed soon, in order
+            await hub.send(sid, {"b": [1, None]})
             assert msgs(await peer.recv_until(lambda f: isinstance(f, Msg) and f.seq == 2)) \
                 == [(1, "a"), (2, {"b": [1, None]})]
             await peer.send(Ack(ack=1))
             await asyncio.sleep(0.05)
             await peer.close()
             hub.send(sid, "c")  # while the client is away
-            hub.send(sid, None)  # JSON null is a payload like any other
+            await hub.send(sid, None)  # JSON null is a payload like any other
             assert hub.sessions[sid].unacked == 3
 
             again = await Peer.open(hub.port)
@@ -277,13 +278,13 @@ def test_wrong_token_is_refused_and_the_session_untouched() -> None:
             victim = await Peer.open(hub.port)
             welcome = await victim.hello()
             sid = welcome.session
-            hub.send(sid, "secret for the victim")
+            await hub.send(sid, "secret for the victim")
             assert msgs([await victim.recv()]) == [(1, "secret for the victim")]
             changes: list[Any] = []
             hub.on_presence(lambda *change: changes.append(change))
             session = hub.sessions[sid]
             before = (session.last_in, session.unacked, session.connected)
-            record = hub.store.get(sid)
+            record = await hub.store.get(sid)
 
             thief = await Peer.open(hub.port)
             await thief.send(Hello(ack=0, session=sid, token="A" * 32))
@@ -296,7 +297,7 @@ def test_wrong_token_is_refused_and_the_session_untouched() -> None:
             await thief.closed()
 
             assert (session.last_in, session.unacked, session.connected) == before
-            assert hub.store.get(sid) == record  # not even last_seen moved
+            assert await hub.store.get(sid) == record  # not even last_seen moved
             assert changes == [] and hub.sessions[sid] is session
             await victim.send(Msg(seq=1, ack=1, data="mine"))
             assert await victim.recv() == Ack(ack=1)
@@ -458,13 +459,15 @@ def test_session_count_is_limited_but_resume_still_works() -> None:
         async with hub_with(limits=Limits(max_sessions=1)) as (hub, _):
             first = await Peer.open(hub.port)
             await first.hello()
+            await first.send(Msg(seq=1, ack=0, data="keep me"))  # not empty: it stays
+            assert await first.recv() == Ack(ack=1)
             await first.close()
             second = await Peer.open(hub.port)
             await second.send(Hello(ack=0))
             error = await second.error()
             assert error.code == "busy" and error.retry_after == 1.0
             again = await Peer.open(hub.port)
-            assert (await again.hello(first.session, first.token)).resumed
+            assert (await again.hello(first.session, first.token, ack=0)).resumed
             await again.close()
 
     run(main())
@@ -486,8 +489,10 @@ def test_ping_is_answered_with_pong_at_once() -> None:
     async def main() -> None:
         async with hub_with(ack_delay=5.0) as (hub, _):
             peer = await Peer.open(hub.port)
-            await peer.hello()
+            sid = (await peer.hello()).session
             await peer.send(Msg(seq=1, ack=0, data="x"))
+            while hub.sessions[sid].last_in < 1:  # delivered and committed
+                await asyncio.sleep(0.005)
             await peer.send(Ping(ack=0))
             # At once, not after ack_delay, and carrying the ack the hub owed.
             assert await peer.recv(timeout=0.5) == Pong(ack=1)
@@ -532,7 +537,8 @@ def test_presence_goes_stale_for_a_silent_client_then_gone() -> None:
                 await talker.send(Ping(ack=0))
                 await talker.recv()
                 assert loop.time() - start < 3.0
-            assert sid not in hub.presence and hub.store.get(sid) is None
+            await asyncio.sleep(0.01)  # the store forgets it as soon as it answers
+            assert sid not in hub.presence and await hub.store.get(sid) is None
             mine = [(old, new) for s, old, new, _ in changes if s == sid]
             assert mine == [(Presence.GONE, Presence.PRESENT),
                             (Presence.PRESENT, Presence.STALE),
@@ -584,14 +590,14 @@ def test_send_refuses_what_cannot_be_delivered() -> None:
             with pytest.raises(ValueError):
                 hub.send(sid, float("nan"))  # not JSON
             hub.send(sid, 1)
-            hub.send(sid, 2)
+            await hub.send(sid, 2)
             with pytest.raises(OutboxFull):  # the client acknowledged nothing yet
                 hub.send(sid, 3)
             assert msgs(await peer.recv_until(lambda f: isinstance(f, Msg) and f.seq == 2)) \
                 == [(1, 1), (2, 2)]
             await peer.send(Ack(ack=2))
             await asyncio.sleep(0.05)
-            hub.send(sid, 3)  # room again
+            await hub.send(sid, 3)  # room again
             assert msgs([await peer.recv()]) == [(3, 3)]
             with pytest.raises(RuntimeError):  # no delivery is being handled
                 hub.sessions[sid].record(lambda db: None)
@@ -708,9 +714,8 @@ def test_stopped_mid_handler_the_message_is_handled_again_and_recorded_once(
         workdir: Path) -> None:
     """At-least-once calls, exactly-once recorded effects (``session.record``)."""
     path = workdir / "hub.sqlite"
-    setup = SQLiteStore(path)
-    setup._db.execute("CREATE TABLE IF NOT EXISTS effects (sid TEXT, data TEXT)")
-    setup.close()
+    with contextlib.closing(sqlite3.connect(path)) as setup:  # the application's table
+        setup.execute("CREATE TABLE IF NOT EXISTS effects (sid TEXT, data TEXT)")
     calls: list[Any] = []
 
     async def main() -> None:
@@ -734,7 +739,7 @@ def test_stopped_mid_handler_the_message_is_handled_again_and_recorded_once(
         while len(calls) < 2:
             await asyncio.sleep(0.01)
         await hub.close()  # like a crash: the running handler never commits
-        store.close()
+        await store.aclose()
         with contextlib.suppress(ConnectionClosed):
             await peer.closed()
 
@@ -747,8 +752,9 @@ def test_stopped_mid_handler_the_message_is_handled_again_and_recorded_once(
         assert msgs([await again.recv()]) == [(2, {"done": "slow"})]
         await again.close()
         await hub.close()
-        rows = store._db.execute("SELECT data FROM effects ORDER BY rowid").fetchall()
-        store.close()
+        rows = await store.run(
+            lambda db: db.execute("SELECT data FROM effects ORDER BY rowid").fetchall())
+        await store.aclose()
         assert calls == ["fast", "slow", "slow"]  # the handler ran twice for "slow"
         assert rows == [('"fast"',), ('"slow"',)]  # its recorded effect happened once
 

@@ -1,7 +1,10 @@
-"""Session stores: both implementations behind one interface (``adapters/stores.py``)."""
+"""Session stores: both implementations behind one asynchronous interface
+(``adapters/stores/``), and what only SQLite has (its thread, busy files, migration)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import signal
@@ -9,8 +12,10 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,12 +24,22 @@ from adapters.stores import (
     MemoryStore,
     SessionStore,
     SQLiteStore,
+    StoreBusy,
     Unauthorized,
     hash_token,
 )
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 Factory = Callable[[], SessionStore]
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(10):
+            return await coro
+
+    return asyncio.run(bounded())
 
 
 @pytest.fixture
@@ -38,12 +53,13 @@ def workdir() -> Iterator[Path]:
 def make_store(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Factory]:
     """A factory: MemoryStore gives the same instance each call (the process lives on),
     SQLiteStore reopens the same file (a restarted process)."""
-    opened: list[SessionStore] = []
+    opened: list[SQLiteStore] = []
     memory = MemoryStore()
 
     def make() -> SessionStore:
-        store: SessionStore = memory if request.param == "memory" else \
-            SQLiteStore(workdir / "sessions.sqlite")
+        if request.param == "memory":
+            return memory
+        store = SQLiteStore(workdir / "sessions.sqlite")
         opened.append(store)
         return store
 
@@ -53,55 +69,66 @@ def make_store(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Factor
 
 
 def test_create_resume_and_wrong_token(make_store: Factory) -> None:
-    store = make_store()
-    record, token = store.create(100.0)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", record.session_id)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{22,}", token)  # >= 128 bits, URL-safe base64
-    assert (record.last_in, record.next_wire, record.acked_out) == (0, 1, 0)
-    assert store.get(record.session_id) == record
+    async def main() -> None:
+        store = make_store()
+        record, token = await store.create(100.0)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", record.session_id)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22,}", token)  # >= 128 bits, URL-safe base64
+        assert (record.last_in, record.next_wire, record.acked_out) == (0, 1, 0)
+        assert record.principal is None
+        assert await store.get(record.session_id) == record
 
-    resumed = store.resume(record.session_id, token, 105.0)
-    assert resumed is not None and resumed.last_seen == 105.0
-    assert store.resume("no-such-session", token, 106.0) is None
+        assert await store.resume(record.session_id, token) == record  # a read
+        assert await store.resume("no-such-session", token) is None
+        with pytest.raises(Unauthorized):
+            await store.resume(record.session_id, token + "x")
+        with pytest.raises(Unauthorized):
+            await store.resume(record.session_id, "")
+        assert await store.get(record.session_id) == record  # untouched by the refusals
 
-    with pytest.raises(Unauthorized):
-        store.resume(record.session_id, token + "x", 107.0)
-    with pytest.raises(Unauthorized):
-        store.resume(record.session_id, "", 107.0)
-    after = store.get(record.session_id)
-    assert after is not None and after.last_seen == 105.0  # untouched by the refusals
+        other, other_token = await store.create(108.0, "alice")
+        assert other.session_id != record.session_id and other_token != token
+        assert other.principal == "alice"
+        assert (await store.get(other.session_id)) == other
+        with pytest.raises(Unauthorized):  # one session's token opens no other
+            await store.resume(other.session_id, token)
 
-    other, other_token = store.create(108.0)
-    assert other.session_id != record.session_id and other_token != token
-    with pytest.raises(Unauthorized):  # one session's token opens no other
-        store.resume(other.session_id, token, 109.0)
+    run(main())
 
 
 def test_tokens_are_stored_hashed_never_in_clear(workdir: Path) -> None:
     path = workdir / "sessions.sqlite"
-    store = SQLiteStore(path)
-    tokens = [store.create(float(i))[1] for i in range(3)]
-    record = store.sessions()[0]
-    assert "token" not in repr(record) and repr(record.token_hash) not in repr(record)
-    # Read every byte SQLite wrote (main file and WAL), before and after a checkpoint.
-    for checkpoint in (False, True):
-        if checkpoint:
-            store.close()
-            store = SQLiteStore(path)
-            store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        raw = b"".join(p.read_bytes() for p in workdir.iterdir() if p.is_file())
-        for token in tokens:
-            assert token.encode() not in raw
-        assert hash_token(tokens[0]) in raw  # we did read the right bytes
-    store.close()
+
+    async def main() -> None:
+        store = SQLiteStore(path)
+        tokens = [(await store.create(float(i)))[1] for i in range(3)]
+        record = (await store.sessions())[0]
+        assert "token" not in repr(record) and repr(record.token_hash) not in repr(record)
+        # Read every byte SQLite wrote (main file and WAL), before and after a checkpoint.
+        for checkpoint in (False, True):
+            if checkpoint:
+                await store.aclose()
+                with contextlib.closing(sqlite3.connect(path)) as db:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                store = SQLiteStore(path)
+            raw = b"".join(p.read_bytes() for p in workdir.iterdir() if p.is_file())
+            for token in tokens:
+                assert token.encode() not in raw
+            assert hash_token(tokens[0]) in raw  # we did read the right bytes
+        await store.aclose()
+
+    run(main())
 
 
 def test_memory_store_keeps_no_token_either() -> None:
-    store = MemoryStore()
-    record, token = store.create(1.0)
-    assert record.token_hash == hash_token(token)
-    assert token not in repr(store) and token not in repr(record)
-    assert token not in repr(store._entries)
+    async def main() -> None:
+        store = MemoryStore()
+        record, token = await store.create(1.0)
+        assert record.token_hash == hash_token(token)
+        assert token not in repr(store) and token not in repr(record)
+        assert token not in repr(store._entries)
+
+    run(main())
 
 
 def test_epoch_persists_with_sqlite_and_is_fresh_for_memory(workdir: Path) -> None:
@@ -117,102 +144,123 @@ def test_epoch_persists_with_sqlite_and_is_fresh_for_memory(workdir: Path) -> No
     assert MemoryStore().epoch != MemoryStore().epoch  # a new process is a new epoch
 
 
-def test_outbound_persists_until_acknowledged(make_store: Factory) -> None:
-    store = make_store()
-    record, _ = store.create(1.0)
-    sid = record.session_id
-    store.commit(Commit(now=2.0, sends=[(sid, 1, '{"a":1}'), (sid, 2, "[1,2]"),
-                                        (sid, 3, "null")]))
-    assert [(o.wire, o.data) for o in store.unacked(sid)] == [(1, {"a": 1}), (2, [1, 2]),
-                                                              (3, None)]
-    store.ack(sid, 2)
-    store.ack(sid, 1)  # backwards: ignored
-    store = make_store()  # SQLite: reopened; memory: the same store
-    assert [(o.wire, o.data) for o in store.unacked(sid)] == [(3, None)]
-    after = store.get(sid)
-    assert after is not None and (after.next_wire, after.acked_out) == (4, 2)
+def test_the_store_numbers_sends_and_keeps_them_until_acknowledged(
+        make_store: Factory) -> None:
+    async def main() -> None:
+        store = make_store()
+        record, _ = await store.create(1.0)
+        sid = record.session_id
+        wires = await store.commit(Commit(now=2.0, sends=[(sid, '{"a":1}'), (sid, "[1,2]")]))
+        assert wires == [1, 2]
+        assert await store.commit(Commit(now=2.0, sends=[(sid, "null"), ("gone", "1")])) \
+            == [3, None]  # a send to a session the store no longer has is dropped
+        assert [(o.wire, o.data) for o in await store.unacked(sid)] == \
+            [(1, {"a": 1}), (2, [1, 2]), (3, None)]
+        await store.commit(Commit(now=3.0, acked={sid: 2}))
+        await store.commit(Commit(now=3.0, acked={sid: 1}))  # backwards: ignored
+        store = make_store()  # SQLite: reopened; memory: the same store
+        assert [(o.wire, o.data) for o in await store.unacked(sid)] == [(3, None)]
+        after = await store.get(sid)
+        assert after is not None and (after.next_wire, after.acked_out) == (4, 2)
+
+    run(main())
 
 
 def test_commit_is_atomic_and_checked(make_store: Factory) -> None:
-    store = make_store()
-    a, _ = store.create(1.0)
-    b, _ = store.create(1.0)
-    store.commit(Commit(now=2.0, inbound=(a.session_id, 1),
-                        sends=[(a.session_id, 1, '"x"'), (b.session_id, 1, '"y"')]))
-    before = (store.get(a.session_id), store.get(b.session_id))
-    bad = [
-        Commit(now=3.0, inbound=(a.session_id, 3)),  # gap in the inbound sequence
-        Commit(now=3.0, inbound=(a.session_id, 1)),  # already delivered
-        Commit(now=3.0, inbound=(a.session_id, 2), sends=[(b.session_id, 3, "1")]),
-        Commit(now=3.0, inbound=(a.session_id, 2), sends=[("nobody", 1, "1")]),
-    ]
-    for commit in bad:
-        with pytest.raises((ValueError, KeyError)):
-            store.commit(commit)
-    assert (store.get(a.session_id), store.get(b.session_id)) == before
-    assert [o.wire for o in store.unacked(b.session_id)] == [1]
+    async def main() -> None:
+        store = make_store()
+        a, _ = await store.create(1.0)
+        b, _ = await store.create(1.0)
+        await store.commit(Commit(now=2.0, inbound=(a.session_id, 1),
+                                  sends=[(a.session_id, '"x"'), (b.session_id, '"y"')]))
+        before = (await store.get(a.session_id), await store.get(b.session_id))
+        bad = [
+            Commit(now=3.0, inbound=(a.session_id, 3)),  # gap in the inbound sequence
+            Commit(now=3.0, inbound=(a.session_id, 1)),  # already delivered
+            Commit(now=3.0, inbound=("nobody", 1), sends=[(b.session_id, "1")]),
+        ]
+        for commit in bad:
+            with pytest.raises((ValueError, KeyError)):
+                await store.commit(commit)
+        assert (await store.get(a.session_id), await store.get(b.session_id)) == before
+        assert [o.wire for o in await store.unacked(b.session_id)] == [1]
 
-    def boom(_: sqlite3.Connection | None) -> None:
-        raise RuntimeError("effect failed")
+        def boom(_: sqlite3.Connection | None) -> None:
+            raise RuntimeError("effect failed")
 
-    with pytest.raises(RuntimeError):
-        store.commit(Commit(now=3.0, inbound=(a.session_id, 2),
-                            sends=[(b.session_id, 2, "2")], effects=[boom]))
-    assert (store.get(a.session_id), store.get(b.session_id)) == before  # all or nothing
-    assert [o.wire for o in store.unacked(b.session_id)] == [1]
+        with pytest.raises(RuntimeError):
+            await store.commit(Commit(now=3.0, inbound=(a.session_id, 2),
+                                      sends=[(b.session_id, "2")], effects=[boom]))
+        # All or nothing.
+        assert (await store.get(a.session_id), await store.get(b.session_id)) == before
+        assert [o.wire for o in await store.unacked(b.session_id)] == [1]
+
+    run(main())
 
 
-def test_effects_share_the_sqlite_transaction(workdir: Path) -> None:
-    store = SQLiteStore(workdir / "s.sqlite")
-    store._db.execute("CREATE TABLE effects (seq INTEGER PRIMARY KEY)")
-    record, _ = store.create(1.0)
-    seen: list[bool] = []
+def test_effects_share_the_sqlite_transaction_on_the_store_thread(workdir: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(workdir / "s.sqlite")
+        await store.run(lambda db: db.execute("CREATE TABLE effects (seq INTEGER PRIMARY KEY)"))
+        record, _ = await store.create(1.0)
+        seen: list[tuple[bool, str]] = []
 
-    def effect(db: sqlite3.Connection | None) -> None:
-        assert db is not None
-        seen.append(db.in_transaction)
-        db.execute("INSERT INTO effects VALUES (1)")
+        def effect(db: sqlite3.Connection | None) -> None:
+            assert db is not None
+            seen.append((db.in_transaction, threading.current_thread().name))
+            db.execute("INSERT INTO effects VALUES (1)")
 
-    store.commit(Commit(now=2.0, inbound=(record.session_id, 1), effects=[effect]))
-    assert seen == [True]
-    with pytest.raises(sqlite3.IntegrityError):  # the effect fails: the delivery too
-        store.commit(Commit(now=3.0, inbound=(record.session_id, 2), effects=[effect]))
-    after = store.get(record.session_id)
-    assert after is not None and after.last_in == 1
-    assert store._db.execute("SELECT count(*) FROM effects").fetchone() == (1,)
-    store.close()
+        await store.commit(Commit(now=2.0, inbound=(record.session_id, 1), effects=[effect]))
+        assert seen == [(True, "tether-sqlite:s.sqlite")]  # not the loop's thread
+        with pytest.raises(sqlite3.IntegrityError):  # the effect fails: the delivery too
+            await store.commit(Commit(now=3.0, inbound=(record.session_id, 2),
+                                      effects=[effect]))
+        after = await store.get(record.session_id)
+        assert after is not None and after.last_in == 1
+        count = await store.run(lambda db: db.execute("SELECT count(*) FROM effects").fetchone())
+        assert count == (1,)
+        await store.aclose()
 
-    memory = MemoryStore()
-    rec, _ = memory.create(1.0)
-    got: list[object] = []
-    memory.commit(Commit(now=2.0, inbound=(rec.session_id, 1), effects=[got.append]))
-    assert got == [None]
+        memory = MemoryStore()
+        rec, _ = await memory.create(1.0)
+        got: list[object] = []
+        await memory.commit(Commit(now=2.0, inbound=(rec.session_id, 1), effects=[got.append]))
+        assert got == [None]
+
+    run(main())
 
 
 def test_expire_touch_and_drop(make_store: Factory) -> None:
-    store = make_store()
-    old, _ = store.create(10.0)
-    new, _ = store.create(20.0)
-    kept, _ = store.create(10.0)
-    store.commit(Commit(now=10.0, sends=[(old.session_id, 1, "1")]))
-    store.touch({kept.session_id: 30.0})
-    assert store.expire(before=15.0) == [old.session_id]
-    assert store.get(old.session_id) is None and store.unacked(old.session_id) == []
-    assert {r.session_id for r in store.sessions()} == {new.session_id, kept.session_id}
-    store.drop([new.session_id])
-    store = make_store()
-    assert [r.session_id for r in store.sessions()] == [kept.session_id]
+    async def main() -> None:
+        store = make_store()
+        old, _ = await store.create(10.0)
+        new, _ = await store.create(20.0)
+        kept, _ = await store.create(10.0)
+        await store.commit(Commit(now=10.0, sends=[(old.session_id, "1")]))
+        await store.touch({kept.session_id: 30.0})
+        assert await store.expire(before=15.0) == [old.session_id]
+        assert await store.get(old.session_id) is None
+        assert await store.unacked(old.session_id) == []
+        assert {r.session_id for r in await store.sessions()} == \
+            {new.session_id, kept.session_id}
+        await store.drop([new.session_id])
+        store = make_store()
+        assert [r.session_id for r in await store.sessions()] == [kept.session_id]
+
+    run(main())
 
 
 _CHILD = """
-import sys
+import asyncio, sys
 from adapters.stores import Commit, SQLiteStore
-store = SQLiteStore(sys.argv[1])
-record, token = store.create(1.0)
-store.commit(Commit(now=2.0, inbound=(record.session_id, 1),
-                    sends=[(record.session_id, 1, '"reply"')]))
-print(record.session_id, token, flush=True)
-sys.stdin.read()  # wait here to be killed
+async def main():
+    store = SQLiteStore(sys.argv[1])
+    record, token = await store.create(1.0)
+    await store.commit(Commit(now=2.0, inbound=(record.session_id, 1),
+                              sends=[(record.session_id, '"reply"')]))
+    print(record.session_id, token, flush=True)
+    sys.stdin.read()  # wait here to be killed
+asyncio.run(main())
 """
 
 
@@ -227,13 +275,107 @@ def test_sqlite_commit_survives_sigkill(workdir: Path) -> None:
         child.send_signal(signal.SIGKILL)
         child.wait(5)
     assert child.returncode == -signal.SIGKILL
-    store = SQLiteStore(path)
-    record = store.resume(session_id, token, 3.0)
-    assert record is not None and (record.last_in, record.next_wire) == (1, 2)
-    assert [(o.wire, o.data) for o in store.unacked(session_id)] == [(1, "reply")]
-    store.close()
+
+    async def main() -> None:
+        store = SQLiteStore(path)
+        record = await store.resume(session_id, token)
+        assert record is not None and (record.last_in, record.next_wire) == (1, 2)
+        assert [(o.wire, o.data) for o in await store.unacked(session_id)] == [(1, "reply")]
+        await store.aclose()
+
+    run(main())
 
 
-def test_bad_synchronous_mode_is_refused(workdir: Path) -> None:
+def test_bad_arguments_are_refused(workdir: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(workdir / "s.sqlite", synchronous="OFF")  # type: ignore[arg-type]
+    for bad in (-1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="busy_timeout"):
+            SQLiteStore(workdir / "s.sqlite", busy_timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path"):
+        SQLiteStore(42)  # type: ignore[arg-type]
+
+
+def test_a_closed_sqlite_store_says_so(workdir: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(workdir / "s.sqlite")
+        await store.aclose()
+        await store.aclose()  # twice is fine
+        with pytest.raises(RuntimeError, match="closed"):
+            await store.create(1.0)
+
+    run(main())
+
+
+def test_a_locked_sqlite_file_makes_writes_busy_fast_and_reads_work(workdir: Path) -> None:
+    """Another connection (a backup, the sqlite3 shell) holds the file: a write fails
+    with StoreBusy after busy_timeout instead of waiting sqlite's 5 s, reads go on (WAL),
+    and nothing was changed. Once the lock is gone the same write succeeds."""
+    path = workdir / "s.sqlite"
+
+    async def main() -> None:
+        store = SQLiteStore(path, busy_timeout=0.05)
+        record, token = await store.create(1.0)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            loop = asyncio.get_running_loop()
+            ticks = 0
+
+            async def tick() -> None:  # the loop keeps running meanwhile
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.005)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            started = loop.time()
+            with pytest.raises(StoreBusy, match="locked"):
+                await store.commit(Commit(now=2.0, inbound=(record.session_id, 1)))
+            with pytest.raises(StoreBusy):
+                await store.create(2.0)
+            assert loop.time() - started < 2.0  # not sqlite's 5 s per call
+            assert ticks > 0
+            ticker.cancel()
+            assert await store.resume(record.session_id, token) == record  # a read works
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        await store.commit(Commit(now=2.0, inbound=(record.session_id, 1)))
+        after = await store.get(record.session_id)
+        assert after is not None and after.last_in == 1
+        await store.aclose()
+
+    run(main())
+
+
+def test_an_old_sqlite_file_is_migrated(workdir: Path) -> None:
+    """A file written before sessions had a principal: opened, migrated, kept."""
+    path = workdir / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('epoch', 'old-epoch');
+            CREATE TABLE sessions (id TEXT PRIMARY KEY, token_hash BLOB NOT NULL,
+                last_in INTEGER NOT NULL, next_wire INTEGER NOT NULL,
+                acked_out INTEGER NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL);
+            CREATE TABLE outbound (session TEXT NOT NULL REFERENCES sessions(id)
+                ON DELETE CASCADE, wire INTEGER NOT NULL, data TEXT NOT NULL,
+                PRIMARY KEY (session, wire)) WITHOUT ROWID;
+        """)
+        db.execute("INSERT INTO sessions VALUES ('s1', ?, 3, 2, 0, 1.0, 2.0)",
+                   (hash_token("t" * 32),))
+        db.execute("INSERT INTO outbound VALUES ('s1', 1, '\"kept\"')")
+        db.commit()
+
+    async def main() -> None:
+        store = SQLiteStore(path)
+        assert store.epoch == "old-epoch"
+        record = await store.resume("s1", "t" * 32)
+        assert record is not None and (record.last_in, record.principal) == (3, None)
+        assert [o.data for o in await store.unacked("s1")] == ["kept"]
+        new, _ = await store.create(3.0, "bob")
+        assert (await store.get(new.session_id)) == new
+        await store.aclose()
+
+    run(main())

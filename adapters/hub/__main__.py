@@ -1,0 +1,7 @@
+"""``python -m adapters.hub ...`` is ``tether hub ...``."""
+
+import sys
+
+from adapters.hub.command import main
+
+sys.exit(main())

@@ -1,0 +1,1143 @@
+""":class:`Hub` and :func:`serve`: the driver that runs sessions over websockets.
+
+See :mod:`adapters.hub` for the theory of operation and the guarantees. This module is
+the asyncio side: one task per connection reads frames (and answers pings) while a second
+delivers the messages read, one at a time per session; one task commits the sends made
+outside handlers, in order, in batches; presence deadlines are timers feeding each
+session's :class:`fsm.presence.PresenceWatch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import json
+import logging
+import ssl as ssl_module
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import MappingProxyType, TracebackType
+from typing import Any, Self, cast
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from adapters.hub.guard import (
+    CalmLog,
+    Guard,
+    HandshakeRequest,
+    RateLimitedLog,
+    Refuse,
+    calm_accept_errors,
+    connection_cap,
+)
+from adapters.hub.limits import Limits, check_count, check_seconds
+from adapters.hub.session import Session
+from adapters.hub.wire import Channel, WireConnection
+from adapters.stores import (
+    Commit,
+    Effect,
+    MemoryStore,
+    SessionRecord,
+    SessionStore,
+    StoreBusy,
+    Unauthorized,
+)
+from adapters.websocket import wire_logger
+from fsm import protocol
+from fsm.heartbeat import Heartbeat
+from fsm.presence import (
+    AbortConnection,
+    Announce,
+    Attached,
+    DeadlineReached,
+    Detached,
+    Event,
+    Forget,
+    Heard,
+    Phase,
+    Presence,
+    PresenceWatch,
+    SendPing,
+)
+from fsm.protocol import MAX_DEPTH, Ack, Hello, Msg, Ping, Pong, ProtocolViolation, Welcome
+from fsm.protocol import Error as ErrorFrame
+from fsm.session import DEFAULT_ACK_DELAY, DEFAULT_ACK_EVERY
+
+__all__ = ["DEFAULT_EXPIRE_AFTER", "Authenticate", "Handler", "Hub", "serve"]
+
+logger = logging.getLogger("tether.hub")
+#: websockets' own lines for the hub's sockets: the client's filters (no frame contents,
+#: no credentials) plus a rate limit (a flood of refused handshakes is one line a while).
+hub_wire_logger = logging.getLogger("tether.wire.hub")
+for _filter in wire_logger.filters:
+    hub_wire_logger.addFilter(_filter)
+hub_wire_logger.addFilter(RateLimitedLog())
+
+#: A session stale for 5 minutes is forgotten (the protocol's default).
+DEFAULT_EXPIRE_AFTER = 300.0
+
+Handler = Callable[[Session, Any], Awaitable[None] | None]
+PresenceCallback = Callable[[str, Presence, Presence], object]
+#: ``authenticate(request)``: a principal (a non-empty ``str``), ``None`` for HTTP 401,
+#: or raise :class:`Refuse` (401 or 403); sync or async.
+Authenticate = Callable[[HandshakeRequest], "str | Awaitable[str | None] | None"]
+
+# Bytes a msg frame adds around its data, numbers at their largest.
+_MSG_OVERHEAD = len(protocol.encode(Msg(seq=2**53 - 1, ack=2**53 - 1, data=0))) - 1
+# Close codes after an error frame: policy (1008) for refusals, too big (1009), try again
+# later (1013) for busy, protocol error (1002) for the rest.
+_CLOSE_CODES = {"unauthorized": 1008, "too_big": 1009, "busy": 1013}
+# Acknowledgements are written to the store lazily (a lost one only means a replay the
+# client drops after a restart): at most this often.
+_ACK_PERSIST_DELAY = 0.2
+
+
+class _Busy(ProtocolViolation):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__("busy", message)
+        self.retry_after = retry_after
+
+
+class _HandlerFailed(Exception):
+    """The handler (or the commit after it) raised: the message was not delivered."""
+
+
+class _StoreStayedBusy(Exception):
+    """A delivery's commit found the store busy for ``retry_after``: not delivered."""
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One client message being handled: what its commit will record."""
+
+    session: Session
+    seq: int
+    sends: list[tuple[Session, str, int]] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    open: bool = True
+
+
+_current: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
+    "tether_hub_delivery", default=None)
+
+
+class _Sends:
+    """Messages with room reserved at their targets, and the futures of their senders.
+    Settled exactly once: they *arrive* (the commit that carries them succeeded) or are
+    *released* (it failed, or never happened)."""
+
+    def __init__(self, hub: Hub, plan: list[tuple[Session, str, int]],
+                 futures: list[asyncio.Future[None]] | None = None) -> None:
+        self.hub = hub
+        self.plan = plan
+        self.futures = futures or []
+        self.settled = False
+        self.handed_over = False  # a cancelled caller left settling to the commit
+
+    def arrived(self, wires: list[int | None]) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        for (target, text, size), wire in zip(self.plan, wires, strict=True):
+            if wire is None:
+                target._unreserve(size)
+                self.hub._log.warning("! send to session %s dropped: it expired meanwhile",
+                                      target.id)
+            else:
+                target._arrive(wire, text, size)
+                self.hub._update_idle(target)  # it holds a message now: not forgettable
+        for future in self.futures:
+            if not future.done():
+                future.set_result(None)
+
+    def release(self, error: BaseException) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        for target, _, size in self.plan:
+            target._unreserve(size)
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # logged by the hub: no "never retrieved" warning
+
+
+class Hub:
+    """A running session server; see :func:`serve`. ``async with`` closes it."""
+
+    def __init__(self, handler: Handler, store: SessionStore, *, owns_store: bool,
+                 heartbeat: Heartbeat, limits: Limits, expire_after: float,
+                 ack_delay: float, ack_every: int,
+                 authenticate: Authenticate | None) -> None:
+        self.store = store
+        self.heartbeat = heartbeat
+        self.limits = limits
+        self.expire_after = expire_after
+        self.ack_delay = ack_delay
+        self.ack_every = ack_every
+        self._handler = handler
+        self._authenticate = authenticate
+        self._owns_store = owns_store
+        # A store whose calls never suspend (MemoryStore) is awaited directly; any other
+        # commit runs as its own task, shielded, so that its outcome is never lost.
+        self._immediate = getattr(store, "immediate", False) is True
+        self._log = CalmLog(logger)
+        self._sessions: dict[str, Session] = {}
+        self._presence: dict[str, Presence] = {}
+        self._owners: dict[str, set[str]] = {}
+        self._idle: dict[str, Session] = {}  # empty and disconnected, oldest first
+        self._creating: Counter[str] = Counter()
+        self._callbacks: list[PresenceCallback] = []
+        self._guard = Guard(limits, connection_cap(limits.max_connections))
+        # A client's socket buffer may hold one frame being written plus write_buffer.
+        self._write_budget = limits.write_buffer + limits.max_frame + 1024
+        self._outgoing: list[tuple[Session, str, int, asyncio.Future[None]]] = []
+        self._acks: dict[str, int] = {}  # acknowledgements not written to the store yet
+        self._drops: set[str] = set()  # sessions forgotten, not yet dropped from the store
+        self._flush_wake = asyncio.Event()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: Server | None = None
+        self._helpers: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+
+    def __repr__(self) -> str:
+        port = self.port if self._server is not None else None
+        return f"Hub(port={port}, epoch={self.epoch!r}, sessions={len(self._sessions)})"
+
+    # -- public surface -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def epoch(self) -> str:
+        return self.store.epoch
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """The sessions the hub holds (read-only, live)."""
+        return MappingProxyType(self._sessions)
+
+    @property
+    def presence(self) -> Mapping[str, Presence]:
+        """Each held session's presence (read-only, live); gone sessions are absent."""
+        return MappingProxyType(self._presence)
+
+    @property
+    def max_connections(self) -> int:
+        """The connection cap in force (``limits.max_connections``, or lower to stay
+        clear of the file descriptor limit)."""
+        return self._guard.max_connections
+
+    def on_presence(self, callback: PresenceCallback) -> Callable[[], None]:
+        """Call ``callback(session_id, old, new)`` on every presence change; returns a
+        function that unsubscribes it. A callback that raises is logged and kept."""
+        if not callable(callback):
+            raise TypeError(f"on_presence(callback) must be callable, got {callback!r}")
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+    def send(self, session_id: str, data: Any) -> asyncio.Future[None]:
+        """Send ``data`` (any JSON value) to the session's client, exactly once, in order.
+
+        Everything that could fail is checked here, before anything is committed:
+        ``LookupError`` for an unknown session; ``TypeError``/``ValueError`` for data
+        that is not JSON, nests deeper than the protocol's ``MAX_DEPTH`` or would make a
+        frame over ``max_frame``; :class:`fsm.errors.OutboxFull` when the client's
+        outbox (``limits.outbox`` messages, ``limits.outbox_bytes``) has no room (the
+        room is reserved now, so the commit cannot fail for it); ``RuntimeError`` after
+        :meth:`close`.
+
+        Inside a handler the message is committed with the delivery being handled and
+        goes out after it; the returned future is already done. Elsewhere it is
+        committed soon, in order with other such sends (batched); the returned future
+        resolves when it is committed (awaiting it is optional: a failure is logged
+        either way; a busy store is retried until it answers).
+        """
+        if self._closed:
+            raise RuntimeError("hub.send() after hub.close(): the hub is closed")
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise LookupError(f"no session {session_id!r}")
+        text, size = self._encode(data)
+        session._reserve(size)
+        future: asyncio.Future[None] = self._loop.create_future()
+        delivery = _current.get()
+        if delivery is not None and delivery.open:
+            delivery.sends.append((session, text, size))
+            future.set_result(None)
+        else:
+            self._outgoing.append((session, text, size, future))
+            self._flush_wake.set()
+        return future
+
+    async def close(self) -> None:
+        """Stop: no new connections; running handlers are cancelled (their messages are
+        not committed, so clients replay them to the next hub). Sends not committed yet
+        fail (``RuntimeError``). Closes the store only if the hub created it."""
+        if self._closed:
+            return
+        self._closed = True
+        for helper in self._helpers:
+            helper.cancel()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        for session in self._sessions.values():
+            session._cancel_timers()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._server.wait_closed()
+        if self._helpers:
+            await asyncio.wait(self._helpers)
+        pending, self._outgoing = self._outgoing, []
+        if pending:
+            self._log.error("! hub closed with %d sends not committed", len(pending))
+            _Sends(self, [(t, x, s) for t, x, s, _ in pending],
+                   [f for *_, f in pending]).release(
+                RuntimeError("the hub closed before this message was committed"))
+        if self._owns_store:
+            await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    async def _start(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
+        await self._load()
+        calm_accept_errors()
+        options: dict[str, Any] = {}
+        if ssl is not None:
+            options["ssl"] = ssl
+        bound = cast(type[WireConnection],
+                     type("HubConnection", (WireConnection,), {"hub": self}))
+        self._server = await ws_serve(
+            self._connection, host, port, ping_interval=None, ping_timeout=None,
+            max_size=2 * self.limits.max_frame, max_queue=4, close_timeout=1.0,
+            compression=None, logger=hub_wire_logger, create_connection=bound,
+            open_timeout=self.limits.handshake_timeout,
+            process_request=self._process_request, **options)
+        self._helpers = [asyncio.create_task(self._flushing()),
+                         asyncio.create_task(self._housekeeping())]
+        if self.max_connections < self.limits.max_connections:
+            self._log.info("= connection cap %d (limits.max_connections %d, lowered for the "
+                        "file descriptor limit)", self.max_connections,
+                        self.limits.max_connections)
+        self._log.info("= hub listening on %s:%d, epoch %s, %d sessions%s", host, self.port,
+                    self.epoch, len(self._sessions),
+                    ", authenticating" if self._authenticate else "")
+
+    async def _load(self) -> None:
+        """Take over the store's sessions: expire those gone while the hub was down,
+        rebuild presence from their wall-clock ``last_seen``, refill their outboxes."""
+        wall, now = time.time(), self._loop.time()
+        bound = self.heartbeat.bound
+        expired = await self.store.expire(wall - bound - self.expire_after)
+        if expired:
+            self._log.info("= %d sessions expired while the hub was down", len(expired))
+        for record in await self.store.sessions():
+            silent = max(0.0, wall - record.last_seen)
+            if silent < bound:
+                watch = PresenceWatch(self.heartbeat, self.expire_after, now,
+                                      last_heard=now - silent)
+            else:
+                watch = PresenceWatch(self.heartbeat, self.expire_after, now,
+                                      phase=Phase.STALE, last_heard=now - silent,
+                                      stale_since=now - (silent - bound))
+            owner = f"principal {record.principal}" if record.principal is not None else ""
+            session = Session(self, record, watch, await self.store.unacked(record.session_id),
+                              owner)
+            self._register(session)
+
+    def _register(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._presence[session.id] = session.presence
+        if session._owner:
+            self._owners.setdefault(session._owner, set()).add(session.id)
+        self._update_idle(session)
+        self._arm(session)
+
+    # -- the trust boundary -----------------------------------------------------------------------
+
+    async def _process_request(self, connection: ServerConnection, request: Request
+                               ) -> Response | None:
+        """websockets' hook on the opening handshake: ``authenticate``, or refuse."""
+        ws = cast(WireConnection, connection)
+        if self._authenticate is None:
+            return None
+        peer = ws.transport.get_extra_info("peername")
+        handshake = HandshakeRequest(path=request.path, headers=request.headers,
+                                     address=ws.tether_address,
+                                     port=int(peer[1]) if peer else 0)
+        try:
+            outcome = self._authenticate(handshake)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except Refuse as refusal:
+            self._log.info("! %s: refused with HTTP %d %s", ws.tether_address, refusal.status,
+                        refusal.reason)
+            return self._refusal(ws, refusal.status, refusal.reason)
+        except Exception:
+            self._log.exception("! %s: authenticate raised: refused with HTTP 500",
+                             ws.tether_address)
+            return ws.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
+        if outcome is None:
+            self._log.info("! %s: not authenticated: refused with HTTP 401", ws.tether_address)
+            return self._refusal(ws, 401, "")
+        principal: object = outcome
+        if not isinstance(principal, str) or not principal:
+            self._log.error("! %s: authenticate returned %s, not a principal (a non-empty str) "
+                         "or None: refused with HTTP 500", ws.tether_address,
+                         type(outcome).__name__)
+            return ws.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
+        ws.tether_principal = principal
+        return None
+
+    @staticmethod
+    def _refusal(ws: WireConnection, status: int, reason: str) -> Response:
+        text = reason or ("unauthorized" if status == 401 else "forbidden")
+        response = ws.respond(status, text + "\n")
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tether"'
+        return response
+
+    def _owner_of(self, channel: Channel) -> str:
+        if channel.principal is not None:
+            return f"principal {channel.principal}"
+        return f"address {channel.address}"
+
+    def _make_room(self, owner: str) -> None:
+        """Room for one more session of ``owner``: a disconnected session that never
+        delivered anything gives way (its owner's first); else ``busy``."""
+        limits = self.limits
+        held = len(self._owners.get(owner, ())) + self._creating[owner]
+        if held >= limits.sessions_per_owner:
+            victim = next((s for s in self._idle.values()
+                           if s._owner == owner and s._empty), None)
+            if victim is None:
+                raise _Busy(f"{owner} holds {held} sessions, the cap per "
+                            f"{owner.split(maxsplit=1)[0]}", limits.retry_after)
+            self._evict(victim)
+        if len(self._sessions) + self._creating.total() >= limits.max_sessions:
+            victim = next((s for s in self._idle.values() if s._empty), None)
+            if victim is None:
+                raise _Busy(f"the hub holds {len(self._sessions)} sessions, its limit",
+                            limits.retry_after)
+            self._evict(victim)
+
+    def _evict(self, session: Session) -> None:
+        self._log.info("= session %s forgotten to make room: it never delivered anything",
+                    session.id)
+        old = session.presence
+        self._forget(session)
+        self._notify(session.id, old, Presence.GONE)
+
+    def _update_idle(self, session: Session) -> None:
+        """Keep the set of forgettable sessions, and the short expiry of empty ones."""
+        empty = session._empty
+        session._watch.expire_after = min(self.limits.expire_empty, self.expire_after) \
+            if empty else self.expire_after
+        if empty and session._channel is None and self._sessions.get(session.id) is session:
+            self._idle.setdefault(session.id, session)
+        else:
+            self._idle.pop(session.id, None)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def _connection(self, connection: ServerConnection) -> None:
+        """websockets' handler: run the connection in a task the hub can cancel."""
+        task = asyncio.create_task(self._serve(cast(WireConnection, connection)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+    async def _serve(self, ws: WireConnection) -> None:
+        channel = Channel(ws, drain_timeout=self.heartbeat.bound, log=self._log)
+        session: Session | None = None
+        try:
+            try:
+                session = await self._handshake(channel)
+            except ProtocolViolation as violation:
+                self._log.info("! %s: %s", channel.address, violation)
+                await self._fail(channel, violation)
+                return
+            except ConnectionClosed:
+                return
+            except Exception:
+                self._log.exception("! %s: hub error in the handshake", channel.address)
+                await channel.close(1011, "hub error")
+                return
+            await self._run(channel, session)
+        finally:
+            if session is not None:
+                self._detach(session, channel)
+            if not channel.closing:  # cancelled: websockets closes once we return
+                channel.abort()
+
+    async def _fail(self, channel: Channel, violation: ProtocolViolation) -> None:
+        retry_after = violation.retry_after if isinstance(violation, _Busy) else None
+        await channel.fail(violation.code, violation.detail,
+                           _CLOSE_CODES.get(violation.code, 1002),
+                           fatal=bool(violation.fatal), retry_after=retry_after)
+
+    async def _run(self, channel: Channel, session: Session) -> None:
+        """Read and deliver until the connection ends; then close it as it deserves."""
+        more, room = asyncio.Event(), asyncio.Event()
+        reader = asyncio.create_task(self._read(channel, session, more, room))
+        worker = asyncio.create_task(self._work(channel, session, more, room))
+        try:
+            await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            reader.cancel()
+            worker.cancel()
+            raise
+        if worker.done():  # a delivery failed: the client replays it on a new connection
+            reader.cancel()
+            error = worker.exception()
+            if isinstance(error, _HandlerFailed):
+                await channel.close(1011, "handler failed")
+            elif isinstance(error, _StoreStayedBusy):
+                await channel.fail("busy", f"the session store is busy: {error}", 1013,
+                                   retry_after=self.limits.retry_after)
+            elif error is not None:
+                self._log.error("! %s: hub error", session.id, exc_info=error)
+                await channel.close(1011, "hub error")
+            else:
+                await channel.close()
+            return
+        channel.reading_done = True
+        more.set()  # the worker delivers what was read before, then stops
+        error = reader.exception()
+        if isinstance(error, ProtocolViolation):
+            self._log.info("! %s: %s", session.id, error)
+            await self._fail(channel, error)
+        elif error is not None and not isinstance(error, ConnectionClosed):
+            self._log.error("! %s: hub error", session.id, exc_info=error)
+            await channel.close(1011, "hub error")
+        else:
+            await channel.close()
+        with contextlib.suppress(Exception):
+            await worker
+
+    async def _handshake(self, channel: Channel) -> Session:
+        try:
+            async with asyncio.timeout(self.limits.hello_timeout):
+                text = await channel.ws.recv()
+        except TimeoutError:
+            raise ProtocolViolation("handshake", f"no hello within "
+                                                 f"{self.limits.hello_timeout} s") from None
+        frame = protocol.decode(text, max_frame=self.limits.max_frame)
+        if not isinstance(frame, Hello):
+            raise ProtocolViolation("handshake", f"expected hello, got "
+                                                 f"{type(frame).__name__.lower()}")
+        self._log.debug("< %s %r", channel.address, frame)  # Hello's repr hides the token
+        owner = self._owner_of(channel)
+        if not self._guard.hello(owner, self._loop.time()):
+            raise _Busy(f"more than {self.limits.hello_rate} hellos per second from {owner}",
+                        self.limits.retry_after)
+        if (frame.session is None) != (frame.token is None):
+            raise ProtocolViolation("malformed", "hello needs both 'session' and 'token' to "
+                                                 "resume, or neither")
+        if frame.session is not None and frame.token is not None:
+            session = self._sessions.get(frame.session)
+            if session is not None:
+                record = await self._check_token(channel, frame.session, frame.token)
+                if record is not None:
+                    resumed = await self._resume(channel, session, frame)
+                    if resumed is not None:
+                        return resumed
+        return await self._open(channel)
+
+    async def _check_token(self, channel: Channel, session_id: str, token: str
+                           ) -> SessionRecord | None:
+        try:
+            record = await self.store.resume(session_id, token)
+        except Unauthorized:
+            self._log.warning("! %s: wrong token for session %s: refused", channel.address,
+                           session_id)
+            raise ProtocolViolation("unauthorized", "wrong token for this session") from None
+        except StoreBusy:
+            raise _Busy("the session store is busy", self.limits.retry_after) from None
+        if record is not None and record.principal != channel.principal:
+            self._log.warning("! %s: session %s belongs to another principal: refused",
+                           channel.address, session_id)
+            raise ProtocolViolation("unauthorized", "this session belongs to another principal")
+        return record
+
+    async def _open(self, channel: Channel) -> Session:
+        owner = self._owner_of(channel)
+        self._make_room(owner)
+        self._creating[owner] += 1
+        try:
+            record, token = await self.store.create(time.time(), channel.principal)
+        except StoreBusy:
+            raise _Busy("the session store is busy", self.limits.retry_after) from None
+        finally:
+            self._creating[owner] -= 1
+            if self._creating[owner] <= 0:
+                del self._creating[owner]
+        now = self._loop.time()
+        session = Session(self, record, PresenceWatch(self.heartbeat, self.expire_after, now),
+                          [], owner)
+        self._register(session)
+        self._attach(session, channel, sent=0)
+        self._notify(session.id, Presence.GONE, Presence.PRESENT)
+        channel.welcome(Welcome(session=session.id, epoch=self.epoch, resumed=False, ack=0,
+                                token=token, limits=self._announced()))
+        self._log.info("= %s: new session %s", channel.address, session.id)
+        return session
+
+    async def _resume(self, channel: Channel, session: Session, hello: Hello
+                      ) -> Session | None:
+        async with session._lock:  # wait for a delivery on an older connection to end
+            if self._sessions.get(session.id) is not session:
+                return None  # it expired meanwhile: the caller opens a new one
+            self._check_ack(session, hello.ack)  # a bad ack changes nothing
+            old = session._channel
+            if old is not None:
+                self._log.info("= %s: session %s moves to a new connection", channel.address,
+                            session.id)
+                self._unbind(session, old)
+                old.abort()
+            self._attach(session, channel, sent=hello.ack)
+            channel.welcome(Welcome(session=session.id, epoch=self.epoch, resumed=True,
+                                    ack=session.last_in, limits=self._announced()))
+        self._log.info("= %s: session %s resumed, %d to replay", channel.address, session.id,
+                    session.unacked)
+        return session
+
+    def _announced(self) -> dict[str, int]:
+        return {"max_frame": self.limits.max_frame, "max_inflight": self.limits.max_inflight}
+
+    def _attach(self, session: Session, channel: Channel, *, sent: int) -> None:
+        session._channel = channel
+        channel.session = session
+        channel.sent = sent
+        channel.ack_sent = session.last_in
+        session._read = session.last_in
+        session._inbox.clear()
+        session._inbox_size = 0
+        self._update_idle(session)
+        self._feed(session, Attached())
+
+    def _unbind(self, session: Session, channel: Channel) -> None:
+        if session._channel is not channel:
+            return
+        session._channel = None
+        session._inbox.clear()
+        session._inbox_size = 0
+        session._ack_carried(session.last_in)  # nothing is owed to a gone connection
+        self._update_idle(session)
+
+    def _detach(self, session: Session, channel: Channel) -> None:
+        if session._channel is not channel:
+            return
+        self._unbind(session, channel)
+        if self._sessions.get(session.id) is session and not self._closed:
+            self._feed(session, Detached())
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def _read(self, channel: Channel, session: Session, more: asyncio.Event,
+                    room: asyncio.Event) -> None:
+        limits = self.limits
+        while True:
+            text = await channel.ws.recv()
+            if session._channel is not channel:
+                return  # taken over by a newer connection
+            frame = protocol.decode(text, max_frame=limits.max_frame)
+            self._log.debug("< %s %.200r", session.id, frame)
+            self._feed(session, Heard())
+            if isinstance(frame, ErrorFrame):
+                self._log.info("< %s: client error %s: %s", session.id, frame.code, frame.message)
+                return
+            if not isinstance(frame, Msg | Ack | Ping | Pong):
+                raise ProtocolViolation("handshake", f"unexpected "
+                                                     f"{type(frame).__name__.lower()} after "
+                                                     f"the handshake")
+            self._check_ack(session, frame.ack)
+            if isinstance(frame, Ping):
+                channel.pong()
+            elif isinstance(frame, Msg):
+                if frame.seq <= session._read:
+                    session._duplicates += 1
+                    self._log.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
+                    if frame.seq <= session.last_in:
+                        self._owe_ack(session, force=True)
+                    continue
+                if frame.seq - channel.ack_sent > limits.max_inflight:
+                    raise ProtocolViolation(
+                        "overflow", f"msg {frame.seq} while the hub acknowledged "
+                                    f"{channel.ack_sent}: more than max_inflight "
+                                    f"{limits.max_inflight}")
+                if frame.seq != session._read + 1:
+                    raise ProtocolViolation("gap", f"expected msg seq {session._read + 1}, "
+                                                   f"got {frame.seq}")
+                session._read = frame.seq
+                session._inbox.append((frame, len(text)))
+                session._inbox_size += len(text)
+                more.set()
+                while session._inbox_size > limits.read_ahead and \
+                        session._channel is channel:
+                    room.clear()  # stop reading until the handler catches up
+                    await room.wait()
+
+    def _check_ack(self, session: Session, ack: int) -> None:
+        highest = session._highest_wire
+        if ack > highest:
+            raise ProtocolViolation("ack", f"client acknowledged {ack}, but the hub sent "
+                                           f"only up to {highest}")
+        session._acknowledged(ack)
+
+    def _ack_to_store(self, session: Session, upto: int) -> None:
+        session._store_acked = upto
+        self._acks[session.id] = upto
+        if self._flush_timer is None and not self._closed:
+            self._flush_timer = self._loop.call_later(_ACK_PERSIST_DELAY, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        self._flush_wake.set()
+
+    # -- delivering -------------------------------------------------------------------------------
+
+    async def _work(self, channel: Channel, session: Session, more: asyncio.Event,
+                    room: asyncio.Event) -> None:
+        """Deliver what the reader queued, one message at a time, in order."""
+        while True:
+            while not session._inbox:
+                if channel.reading_done or session._channel is not channel:
+                    return
+                more.clear()
+                await more.wait()
+            if session._channel is not channel:
+                return
+            msg, size = session._inbox[0]
+            async with session._lock:
+                if session._channel is not channel:
+                    return
+                await self._deliver(session, msg)
+                if session._inbox and session._inbox[0][0] is msg:  # (not cleared meanwhile)
+                    session._inbox.popleft()
+                    session._inbox_size -= size
+                room.set()
+
+    def _record(self, effect: Effect) -> None:
+        delivery = _current.get()
+        if delivery is None or not delivery.open:
+            raise RuntimeError("Session.record() is only valid while a handler runs")
+        if not callable(effect):
+            raise TypeError(f"Session.record(effect) needs a callable, got {effect!r}")
+        delivery.effects.append(effect)
+
+    async def _deliver(self, session: Session, msg: Msg) -> None:
+        """Handle ``msg``, then commit the delivery with everything it sent and recorded;
+        only then is it acknowledged. Raises :class:`_HandlerFailed` or
+        :class:`_StoreStayedBusy` when it was not delivered."""
+        delivery = _Delivery(session, msg.seq)
+        sends = _Sends(self, delivery.sends)
+        token = _current.set(delivery)
+        try:
+            try:
+                result = self._handler(session, msg.data)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as error:
+                self._log.exception("! %s: handler failed on msg %d; not delivered, the client "
+                                 "will send it again", session.id, msg.seq)
+                raise _HandlerFailed from error
+            finally:
+                delivery.open = False
+                _current.reset(token)
+            acked = self._acks.pop(session.id, None)
+            commit = Commit(now=time.time(), inbound=(session.id, msg.seq),
+                            sends=[(target.id, text) for target, text, _ in delivery.sends],
+                            acked={session.id: acked} if acked is not None else {},
+                            effects=tuple(delivery.effects))
+
+            def delivered() -> None:
+                session._committed = msg.seq
+                session.delivered += 1
+                self._update_idle(session)
+                self._owe_ack(session)
+
+            deadline = self._loop.time() + self.limits.retry_after
+            pause = 0.01
+            while True:
+                try:
+                    await self._commit(commit, sends, delivered)
+                    return
+                except StoreBusy as error:
+                    if self._loop.time() + pause > deadline:
+                        self._log.warning("! %s: msg %d not committed: %s", session.id, msg.seq,
+                                       error)
+                        raise _StoreStayedBusy(str(error)) from error
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, 0.2)
+                except Exception as error:
+                    self._log.exception("! %s: commit of msg %d failed; not delivered, the "
+                                     "client will send it again", session.id, msg.seq)
+                    raise _HandlerFailed from error
+        finally:
+            if not sends.handed_over:
+                sends.release(RuntimeError(f"msg {msg.seq} of session {session.id} was not "
+                                           f"delivered"))
+
+    async def _commit(self, commit: Commit, sends: _Sends,
+                      committed: Callable[[], None] | None = None) -> None:
+        """One store commit. The moment it succeeds (even if our caller was cancelled
+        meanwhile) the sends arrive at their sessions and ``committed`` runs: nothing
+        after the store's commit can fail. If it fails, the caller decides (retry or
+        release), unless the caller was cancelled: then the failure releases them."""
+        if self._immediate:  # the store's coroutines never suspend: nothing to shield
+            wires = await self.store.commit(commit)
+            sends.arrived(wires)
+            if committed is not None:
+                committed()
+            return
+        task = asyncio.ensure_future(self.store.commit(commit))
+
+        def settle(done: asyncio.Future[list[int | None]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                if sends.handed_over:
+                    sends.release(RuntimeError("the commit failed"))
+                return
+            sends.arrived(done.result())
+            if committed is not None:
+                committed()
+
+        task.add_done_callback(settle)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                sends.handed_over = True
+            raise
+
+    # -- sends outside handlers, and deferred store writes ----------------------------------------
+
+    async def _flushing(self) -> None:
+        """Commit the sends made outside handlers (in order, batched), the
+        acknowledgements, and the drops of forgotten sessions."""
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            try:
+                await self._flush()
+            except Exception:  # a bug: say so, and keep committing the next ones
+                self._log.exception("! the hub's commit task failed; it goes on")
+                await asyncio.sleep(self.limits.retry_after)
+
+    async def _flush(self) -> None:
+        batch, self._outgoing = self._outgoing, []
+        acked, self._acks = self._acks, {}
+        if batch or acked:
+            sends = _Sends(self, [(t, text, size) for t, text, size, _ in batch],
+                           [future for *_, future in batch])
+            commit = Commit(now=time.time(), sends=[(t.id, text) for t, text, _, _ in batch],
+                            acked=acked)
+            pause = 0.01
+            try:
+                while True:
+                    try:
+                        await self._commit(commit, sends)
+                        break
+                    except StoreBusy as error:
+                        self._log.warning("! %d sends not committed yet, retrying: %s",
+                                       len(batch), error)
+                        await asyncio.sleep(pause)
+                        pause = min(2 * pause, self.limits.retry_after)
+                    except Exception as error:
+                        self._log.exception("! %d sends could not be committed", len(batch))
+                        for sid, upto in acked.items():  # try those again later
+                            self._acks[sid] = max(upto, self._acks.get(sid, 0))
+                        sends.release(error)
+                        break
+            finally:
+                if not sends.handed_over:
+                    sends.release(RuntimeError("the hub closed before this message was "
+                                               "committed"))
+        if self._drops:
+            drops = sorted(self._drops)
+            try:
+                await self.store.drop(drops)
+            except Exception as error:
+                self._log.warning("! could not drop %d forgotten sessions from the store (will "
+                               "retry): %s", len(drops), error)
+            else:
+                self._drops.difference_update(drops)
+
+    # -- acknowledgements -------------------------------------------------------------------------
+
+    def _owe_ack(self, session: Session, *, force: bool = False) -> None:
+        channel = session._channel
+        if channel is None:
+            return
+        if force:
+            session._ack_forced = True
+        elif channel.ack_sent >= session.last_in:
+            return
+        now = self._loop.time()
+        if session._ack_owed_since is None:
+            session._ack_owed_since = now
+        due = session._ack_owed_since + self.ack_delay
+        if session.last_in - channel.ack_sent >= self.ack_every or now >= due:
+            channel.ack()
+        elif session._ack_timer is None:
+            session._ack_timer = self._loop.call_at(due, self._ack_due, session)
+
+    def _ack_due(self, session: Session) -> None:
+        session._ack_timer = None
+        channel = session._channel
+        if channel is not None and (session._ack_forced or channel.ack_sent < session.last_in):
+            channel.ack()
+
+    # -- presence ---------------------------------------------------------------------------------
+
+    def _feed(self, session: Session, event: Event) -> None:
+        """Tell the session's watch what happened; perform what it answers."""
+        if self._closed:
+            return
+        for action in session._watch.handle(event, self._loop.time()):
+            if isinstance(action, SendPing):
+                if session._channel is not None:
+                    session._channel.ping()
+            elif isinstance(action, AbortConnection):
+                channel = session._channel
+                if channel is not None:
+                    self._log.info("! %s: silent for %.2f s: connection aborted", session.id,
+                                self._loop.time() - session._watch.last_heard)
+                    self._unbind(session, channel)
+                    channel.abort()
+            elif isinstance(action, Announce):
+                if self._sessions.get(session.id) is session:
+                    self._presence[session.id] = action.new
+                self._notify(session.id, action.old, action.new)
+            elif isinstance(action, Forget):
+                self._log.info("= session %s expired", session.id)
+                self._forget(session)
+                return
+        self._arm(session)
+
+    def _arm(self, session: Session) -> None:
+        """Arm the presence timer for the next deadline. Lazy: a timer that is earlier
+        than needed stays; it fires, finds nothing due, and re-arms."""
+        if self._closed or self._sessions.get(session.id) is not session:
+            return
+        deadline = session._watch.next_deadline()
+        if session._timer is not None:
+            if session._timer_at <= deadline:
+                return
+            session._timer.cancel()
+        session._timer_at = deadline
+        session._timer = self._loop.call_at(deadline, self._deadline, session)
+
+    def _deadline(self, session: Session) -> None:
+        session._timer = None
+        session._timer_at = float("inf")
+        if self._closed or self._sessions.get(session.id) is not session:
+            return
+        if session._watch.phase is Phase.PROBING:
+            # This deadline can condemn the client: first let the reader take whatever
+            # is already buffered (our loop may have been stalled while it arrived).
+            task = asyncio.create_task(self._deadline_after_reading(session),
+                                       context=contextvars.Context())
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            self._feed(session, DeadlineReached(busy=session._busy))
+
+    async def _deadline_after_reading(self, session: Session) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self._sessions.get(session.id) is session:
+            self._feed(session, DeadlineReached(busy=session._busy))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("! a hub task failed", exc_info=task.exception())
+
+    def _forget(self, session: Session) -> None:
+        """Drop a session: from memory now, from the store when it next answers (a store
+        that fails cannot keep a session from expiring)."""
+        session._cancel_timers()
+        channel = session._channel
+        if channel is not None:
+            self._unbind(session, channel)
+            channel.abort()
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+        self._presence.pop(session.id, None)
+        self._idle.pop(session.id, None)
+        owned = self._owners.get(session._owner)
+        if owned is not None:
+            owned.discard(session.id)
+            if not owned:
+                del self._owners[session._owner]
+        self._drops.add(session.id)
+        self._flush_wake.set()
+
+    def _notify(self, session_id: str, old: Presence, new: Presence) -> None:
+        self._log.debug("= %s: %s -> %s", session_id, old.value, new.value)
+        for callback in list(self._callbacks):
+            try:
+                callback(session_id, old, new)
+            except Exception:
+                self._log.exception("! presence callback %r raised", callback)
+
+    async def _housekeeping(self) -> None:
+        """Now and then: write when each session was last heard (for expiry across
+        restarts), forget hello counts of quiet keys, retry store drops."""
+        period = max(self.heartbeat.interval, min(60.0, self.expire_after / 4))
+        flushed: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(period)
+            try:
+                flushed = await self._housekeep(flushed)
+            except Exception:
+                self._log.exception("! housekeeping failed; it goes on")
+
+    async def _housekeep(self, flushed: dict[str, float]) -> dict[str, float]:
+        """One round of housekeeping; returns when each session's last-heard time was
+        last written (the next round writes only what moved)."""
+        now, wall = self._loop.time(), time.time()
+        heard = {sid: s._watch.last_heard for sid, s in self._sessions.items()}
+        seen = {sid: wall - (now - at) for sid, at in heard.items()
+                if at > flushed.get(sid, float("-inf"))}
+        try:
+            await self.store.touch(seen)
+        except Exception as error:
+            self._log.warning("! could not record last-seen times (will retry): %s", error)
+        else:
+            flushed = {sid: at for sid, at in {**flushed, **{s: heard[s] for s in seen}}.items()
+                       if sid in self._sessions}
+        self._guard.forget_quiet(now)
+        if self._drops:
+            self._flush_wake.set()
+        return flushed
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def _encode(self, data: Any) -> tuple[str, int]:
+        """The JSON text of a message and its size in bytes, or the reason it cannot be
+        sent: every check a delivery needs, made before anything is committed."""
+        if protocol.too_deep(data):
+            raise ValueError(f"message data nests arrays and objects deeper than "
+                             f"{MAX_DEPTH} levels (fsm.protocol.MAX_DEPTH, "
+                             f"models/PROTOCOL.md 1): the client would refuse it")
+        try:
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
+            size = len(text.encode("utf-8"))
+        except RecursionError:  # pragma: no cover (MAX_DEPTH is far below the limit)
+            raise ValueError("message data nests too deeply to encode") from None
+        except UnicodeEncodeError as error:
+            raise ValueError(f"message data is not valid UTF-8 text (a lone surrogate?): "
+                             f"{error}") from None
+        if size + _MSG_OVERHEAD > self.limits.max_frame:
+            raise ValueError(f"a msg frame of {size + _MSG_OVERHEAD} bytes exceeds max_frame "
+                             f"{self.limits.max_frame}")
+        return text, size
+
+
+_STORE_METHODS = ("create", "resume", "get", "sessions", "unacked", "commit", "touch", "drop",
+                  "expire", "aclose")
+
+
+def _check_store(store: object) -> SessionStore:
+    for name in _STORE_METHODS:
+        method = getattr(store, name, None)
+        if method is None or not inspect.iscoroutinefunction(method):
+            raise TypeError(f"serve(store=...): {type(store).__name__}.{name} must be an "
+                            f"async method (the store interface is asynchronous; see "
+                            f"adapters.stores.SessionStore)")
+    if not isinstance(getattr(store, "epoch", None), str):
+        raise TypeError(f"serve(store=...): {type(store).__name__}.epoch must be a str")
+    return store  # type: ignore[return-value]
+
+
+async def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    store: SessionStore | None = None,
+    heartbeat: Heartbeat | None = None,
+    limits: Limits | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    expire_after: float = DEFAULT_EXPIRE_AFTER,
+    ack_delay: float = DEFAULT_ACK_DELAY,
+    ack_every: int = DEFAULT_ACK_EVERY,
+    authenticate: Authenticate | None = None,
+) -> Hub:
+    """Start a hub on ``host:port`` (``port=0`` picks a free one: ``hub.port``).
+
+    ``handler(session, data)`` (sync or async) gets every client message once, in order
+    per session. ``store`` defaults to a fresh :class:`MemoryStore` (owned, closed with the
+    hub); a store passed in stays open. ``heartbeat`` (default ``Heartbeat()``, 5 s / 5 s)
+    drives probes and presence; ``limits`` the bounds (:class:`Limits`).
+    ``authenticate(request)`` (sync or async) sees each opening handshake
+    (:class:`HandshakeRequest`) and returns a principal (a non-empty ``str``), or
+    ``None`` (HTTP 401), or raises :class:`Refuse` (401/403); without it the hub is
+    anonymous and its quotas count per remote address.
+    """
+    if not callable(handler):
+        raise TypeError(f"serve(handler=...) must be callable as handler(session, data), "
+                        f"got {handler!r}")
+    if not isinstance(host, str):
+        raise TypeError(f"serve(host=...) must be a str, got {type(host).__name__}")
+    given: object = port
+    if isinstance(given, bool) or not isinstance(given, int) or not 0 <= given <= 65535:
+        raise ValueError(f"serve(port=...) must be an int in 0..65535 (0 picks a free one), "
+                         f"got {port!r}")
+    if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
+        raise TypeError(f"serve(heartbeat=...) must be a fsm.Heartbeat, got {heartbeat!r}")
+    if limits is not None and not isinstance(limits, Limits):
+        raise TypeError(f"serve(limits=...) must be an adapters.hub.Limits, got {limits!r}")
+    if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+        raise TypeError(f"serve(ssl=...) must be an ssl.SSLContext, got {ssl!r}")
+    if authenticate is not None and not callable(authenticate):
+        raise TypeError(f"serve(authenticate=...) must be callable as authenticate(request), "
+                        f"got {authenticate!r}")
+    expire_after = check_seconds("serve(expire_after=...)", expire_after)
+    ack_delay = check_seconds("serve(ack_delay=...)", ack_delay, zero=True)
+    ack_every = check_count("serve(ack_every=...)", ack_every)
+    hub = Hub(handler, _check_store(store) if store is not None else MemoryStore(),
+              owns_store=store is None, heartbeat=heartbeat or Heartbeat(),
+              limits=limits or Limits(), expire_after=expire_after, ack_delay=ack_delay,
+              ack_every=ack_every, authenticate=authenticate)
+    try:
+        await hub._start(host, port, ssl)
+    except BaseException:
+        await hub.close()
+        raise
+    return hub
