@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 check: $(STAMP)
-	$(BIN)/ruff check fsm adapters tests
+	$(BIN)/ruff check fsm adapters tests models
 	$(BIN)/mypy
 
 diagram: $(STAMP)
@@ -30,9 +30,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
+# Model-check the lifecycle (the default spec, with its seeded bugs) and the session
+# protocol with spin; needs `spin` and `gcc` (apt-get install -y spin gcc).
 verify: $(STAMP)
-	@echo "make verify: the spin model of models/ is not built yet (a later issue); nothing was checked." >&2
-	@exit 1
+	$(BIN)/tether verify
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
