@@ -30,10 +30,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
-# Model-check the lifecycle (the default spec, with its seeded bugs) and the session
-# protocol with spin; needs `spin` and `gcc` (apt-get install -y spin gcc).
+# Model-check with spin: the default lifecycle (with its seeded bugs and the session
+# protocol) and the two example specs; needs `spin` and `gcc` (apt-get install -y spin gcc).
 verify: $(STAMP)
-	$(BIN)/tether verify
+	$(BIN)/tether verify fsm.spec:DEFAULT_SPEC fsm.examples.authenticating:AUTH_SPEC \
+	    fsm.examples.paused:PAUSED_SPEC
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -124,6 +124,12 @@ class Build:
     defines: tuple[str, ...]
     search: Search
     rows: bool = False
+    spec: str = "default"
+
+    @property
+    def where(self) -> str:
+        """A directory name unique to this build."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.spec}.{self.key}")
 
     def cflags(self) -> list[str]:
         flags = ["-O0", "-w", f"-DMEMLIM={_MEMLIM_MB}"]
@@ -306,11 +312,11 @@ def checks_for(spec: Spec, meanings: Meanings = BUILTIN, *, session: bool = True
         label = "budget none" if budget == 0 else f"budget {budget}"
         defines = (*base, f"BUDGET={budget}")
         build = Build(f"safety-b{budget}", "lifecycle", model.text, defines, "safety",
-                      rows=True)
+                      rows=True, spec=spec.name)
         for prop in ("no_false_online", "one_transport", "declared_transitions"):
             checks.append(Check(prop, label, build, "holds"))
     strict = Build("strict", "lifecycle", model.text, (*base, "BUDGET=0", "CHECKING=8"),
-                   "safety")
+                   "safety", spec=spec.name)
     checks.append(Check("no_false_online_strict", "budget none", strict, "violated",
                         why=KNOWN["no_false_online_strict"]))
     for budget in (0, LIVE_BUDGET):
@@ -319,14 +325,14 @@ def checks_for(spec: Spec, meanings: Meanings = BUILTIN, *, session: bool = True
         # before calm, and the budget-free run keeps them).
         live = Build(f"liveness-b{budget}", "lifecycle", model.text,
                      (*base, f"BUDGET={budget}", "CHECKING=0",
-                      *(["STRAYS=0"] if budget else [])), "liveness")
+                      *(["STRAYS=0"] if budget else [])), "liveness", spec=spec.name)
         checks.append(Check("liveness", label, live, "holds" if budget == 0 else "violated",
                             why="" if budget == 0 else
                             "a retry budget ends in FAILED if the server stays away long "
                             "enough: the trade-off in models/README.md"))
     if session:
         sbounds = {**SESSION_BOUNDS, **({"MAX_FAULTS": 3} if deep else {})}
-        build = Build("session", "session", "", _defines(sbounds), "safety")
+        build = Build("session", "session", "", _defines(sbounds), "safety", spec=spec.name)
         for prop in ("session_no_loss", "session_no_dup", "session_in_order",
                      "rebuild_once_first"):
             checks.append(Check(prop, "one search", build, "holds"))
@@ -344,7 +350,7 @@ def _seeded_checks(spec: Spec, meanings: Meanings, base: tuple[str, ...],
             if session:
                 build = Build(f"bug-{bug.name}", "session", "",
                               (*_defines(SESSION_BOUNDS), bug.define or "",
-                               f"CHECKING={CHECKING[bug.prop]}"), "safety")
+                               f"CHECKING={CHECKING[bug.prop]}"), "safety", spec=spec.name)
                 checks.append(Check(bug.prop, label, build, "violated", why=bug.what))
             continue
         text, dead = generate(spec, meanings).text, None
@@ -358,7 +364,8 @@ def _seeded_checks(spec: Spec, meanings: Meanings, base: tuple[str, ...],
                    *([bug.define] if bug.define else []),
                    *([f"CHECKING={CHECKING[bug.prop]}"] if bug.prop in CHECKING else []))
         search: Search = "liveness" if bug.prop == "liveness" else "safety"
-        build = Build(f"bug-{bug.name}", "lifecycle", text, defines, search, rows=bug.dead_row)
+        build = Build(f"bug-{bug.name}", "lifecycle", text, defines, search,
+                      rows=bug.dead_row, spec=spec.name)
         checks.append(Check(bug.prop, label, build, "holds" if bug.dead_row else "violated",
                             why=bug.what, dead_row=dead))
     return checks
@@ -391,7 +398,7 @@ def _top(build: Build, where: Path) -> Path:
 
 def _job(build: Build, checks: list[Check], root: Path) -> list[Result]:
     spin, cc = tools()
-    where = root / build.key
+    where = root / build.where
     where.mkdir()
     top = _top(build, where)
     defines = [f"-D{d}" for d in build.defines if d]
@@ -465,7 +472,7 @@ def run_checks(checks: Sequence[Check], *, jobs: int = 2) -> list[Result]:
     tools()
     groups: dict[str, list[Check]] = {}
     for check in checks:
-        groups.setdefault(check.build.key, []).append(check)
+        groups.setdefault(check.build.where, []).append(check)
     with tempfile.TemporaryDirectory(prefix="tether-verify-") as tmp, \
             ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(_job, group[0].build, group, Path(tmp))
@@ -625,7 +632,8 @@ def report(spec: Spec, model: Model, results: Sequence[Result], *, wall: float,
             out(f"  (rows of {', '.join(skipped)} are not checked: "
                 f"{BUILTIN.events[skipped[0]].why})")
     out(f"{sum(r.ok for r in results)} of {len(results)} checks as expected; "
-        f"{wall:.1f} s wall time")
+        f"{sum({r.check.build.where: r.seconds for r in results}.values()):.1f} s in pan, "
+        f"{wall:.1f} s wall time for the whole run (compiles included)")
     if timelines:
         for r in results:
             if r.verdict != "violated" or not r.timeline:
@@ -657,9 +665,11 @@ def _model_of(spec: Spec, check: Check) -> Model:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tether verify",
-        description="Model-check a lifecycle spec (and the session protocol) with spin.")
-    parser.add_argument("spec", nargs="?", help="module:attribute of a Spec (default: the "
-                                                "built-in lifecycle)")
+        description="Model-check lifecycle specs (and the session protocol) with spin. With "
+                    "the built-in spec, also the session protocol and the seeded bugs.")
+    parser.add_argument("specs", nargs="*", metavar="module:SPEC",
+                        help="Specs to check (default: the built-in lifecycle, "
+                             "fsm.spec:DEFAULT_SPEC); a module may define MODEL_MEANINGS")
     parser.add_argument("--no-seeded", action="store_true",
                         help="skip the seeded bugs (they show each property bites)")
     parser.add_argument("--session", action=argparse.BooleanOptionalAction, default=None,
@@ -676,19 +686,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolMissing as error:
         print(f"tether verify: {error}", file=sys.stderr)
         return 3
+    started = time.monotonic()
+    plans: list[tuple[Spec, Model, list[Check]]] = []
     try:
-        spec, meanings = load(args.spec) if args.spec else (DEFAULT_SPEC, BUILTIN)
-        builtin = args.spec is None or spec is DEFAULT_SPEC
-        session = builtin if args.session is None else args.session
-        started = time.monotonic()
-        model, checks = checks_for(spec, meanings, session=session,
-                                   seeded=not args.no_seeded and builtin, deep=args.deep)
-        results = run_checks(checks, jobs=args.jobs)
+        for target in args.specs or ["fsm.spec:DEFAULT_SPEC"]:
+            spec, meanings = load(target)
+            builtin = spec is DEFAULT_SPEC
+            session = builtin if args.session is None else args.session
+            model, checks = checks_for(spec, meanings, session=session,
+                                       seeded=not args.no_seeded and builtin, deep=args.deep)
+            plans.append((spec, model, checks))
+        results = run_checks([c for _, _, checks in plans for c in checks], jobs=args.jobs)
     except (ModelError, ImportError, AttributeError) as error:
         print(f"tether verify: {error}", file=sys.stderr)
         return 2
-    ok = report(spec, model, results, wall=time.monotonic() - started,
-                timelines=not args.quiet)
+    wall = time.monotonic() - started
+    ok = True
+    for number, (spec, model, _) in enumerate(plans):
+        if number:
+            print("\n")
+        mine = [r for r in results if r.check.build.spec == spec.name]
+        ok = report(spec, model, mine, wall=wall, timelines=not args.quiet) and ok
     return 0 if ok else 1
 
 
