@@ -23,6 +23,7 @@ are named.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import subprocess
@@ -386,13 +387,21 @@ def _run(argv: Sequence[str], cwd: Path, timeout: float = 300) -> tuple[int, str
 
 
 def _top(build: Build, where: Path) -> Path:
+    """The model spin reads: the build's defines, then the generated core and the
+    environment (or the session model). Self-contained, so that ``spin -t -p model.pml``
+    in ``where`` replays a trail of this build exactly."""
     top = where / "model.pml"
+    lines = [f"/* {build.spec}: {build.key}, composed by models/verify.py */"]
+    for define in build.defines:
+        if define:
+            name, _, value = define.partition("=")
+            lines.append(f"#define {name} {value or 1}")
     if build.kind == "lifecycle":
         (where / "core.pml").write_text(build.core, encoding="utf-8")
-        top.write_text(f'#include "{where / "core.pml"}"\n#include "{MODELS / "env.pml"}"\n',
-                       encoding="utf-8")
+        lines += [f'#include "{where / "core.pml"}"', f'#include "{MODELS / "env.pml"}"']
     else:
-        top.write_text(f'#include "{MODELS / "session.pml"}"\n', encoding="utf-8")
+        lines.append(f'#include "{MODELS / "session.pml"}"')
+    top.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return top
 
 
@@ -401,11 +410,9 @@ def _job(build: Build, checks: list[Check], root: Path) -> list[Result]:
     where = root / build.where
     where.mkdir()
     top = _top(build, where)
-    defines = [f"-D{d}" for d in build.defines if d]
     # -o3: no statement merging, so each row's `row = K` is a state of its own and pan's
     # unreached-code report can name it
-    code, out = _run([spin, *(["-o3"] if build.rows else []), "-a", *defines, top.name],
-                     where)
+    code, out = _run([spin, *(["-o3"] if build.rows else []), "-a", top.name], where)
     if code != 0 or not (where / "pan.c").exists():
         return [Result(c, "error", message=f"spin -a failed: {out.strip()[-400:]}")
                 for c in checks]
@@ -467,16 +474,25 @@ def _shortest(args: list[str], where: Path) -> str:
     return out
 
 
-def run_checks(checks: Sequence[Check], *, jobs: int = 2) -> list[Result]:
-    """Run ``checks`` (one compile per distinct build), ``jobs`` builds at a time."""
+def run_checks(checks: Sequence[Check], *, jobs: int = 2, keep: Path | None = None
+               ) -> list[Result]:
+    """Run ``checks`` (one compile per distinct build), ``jobs`` builds at a time. With
+    ``keep``, each build's model, ``pan`` and trail stay in a directory of their own
+    under it (``spin -t -p model.pml`` there replays a counterexample)."""
     tools()
     groups: dict[str, list[Check]] = {}
     for check in checks:
         groups.setdefault(check.build.where, []).append(check)
-    with tempfile.TemporaryDirectory(prefix="tether-verify-") as tmp, \
-            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(_job, group[0].build, group, Path(tmp))
-                   for group in groups.values()]
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tether-verify-")))
+        else:
+            root = keep
+            root.mkdir(parents=True, exist_ok=True)
+            for where in groups:
+                shutil.rmtree(root / where, ignore_errors=True)
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, jobs)))
+        futures = [pool.submit(_job, group[0].build, group, root) for group in groups.values()]
         by_check = {id(r.check): r for f in futures for r in f.result()}
     return [by_check[id(c)] for c in checks]
 
@@ -680,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="builds compiled and checked at "
                                                             "a time (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no timelines")
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="keep each build's model, pan and trail under DIR")
     args = parser.parse_args(argv)
     try:
         tools()
@@ -696,7 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, checks = checks_for(spec, meanings, session=session,
                                        seeded=not args.no_seeded and builtin, deep=args.deep)
             plans.append((spec, model, checks))
-        results = run_checks([c for _, _, checks in plans for c in checks], jobs=args.jobs)
+        results = run_checks([c for _, _, checks in plans for c in checks], jobs=args.jobs,
+                             keep=args.keep)
     except (ModelError, ImportError, AttributeError) as error:
         print(f"tether verify: {error}", file=sys.stderr)
         return 2
