@@ -6,25 +6,29 @@
    (LIVE(s), TRANSPORT(s), FINAL(s), DUE, TIMER_EVENT, ...), so any spec is checked
    against the same properties.
 
-   Five processes, each step guarded by `ev == E_NONE`, so the core handles one event at
+   Four processes, each step guarded by `ev == E_NONE`, so the core handles one event at
    a time, as the driver calls handle() one event at a time:
 
    Core   handles the event (handle_event(), generated), then the driver performs the
           actions it asked for, as adapters/link.py does in _feed().
-   Clock  time passes in ticks; a tick cannot pass a due deadline: when one is due the
-          clock fires the timer event the core would (TIMER_EVENT). It can also stall:
-          our own loop was blocked, time jumps past every deadline, and the next heartbeat
-          timer fires late (frames buffered meanwhile are handled first).
-   User   start, send, close, and the spec's own user events (pause, resume ...).
    Net    the transport, the server and the driver's reports: a dial is refused, or
           answered (resuming or not, by the server's store and epoch), or never answered
           (a slow handshake); an open transport carries frames, is reset, or freezes
           (half-open); the server crashes keeping or losing its store (a new epoch) and
           restarts; the rebuild hooks finish or raise; an action's reply comes back;
-          stray reports arrive from a transport the core already dropped.
-   Calm   (a step of Net) the server comes back and stays reachable: from then on no
-          fault, no stall, no user call, and every answer the server or driver owes comes
-          before any more time passes. Liveness is "after calm, eventually online".
+          stray reports arrive from a transport that is gone. And calm: the server comes
+          back and stays reachable: from then on no fault, no stall, no user call, and
+          every answer the server or driver owes comes before any more time passes.
+          Liveness is "after calm, eventually online".
+   Clock  time passes in ticks; a tick cannot pass a due deadline: when one is due the
+          clock fires the timer event the core would (TIMER_EVENT). It can also stall:
+          our own loop was blocked, time jumps past every deadline, and the next heartbeat
+          timer fires late (frames buffered meanwhile are handled first).
+   User   start, send, close, and the spec's own user events (pause, resume ...).
+
+   Like Lifecycle.handle(), only a frame or the timer itself reaches the core while a
+   deadline is due (REPORT). Session mode is modelled (Connected may resume); plain mode
+   is the case where every Connected is a new session, which the model covers too.
 
    Bounds: the store is lost at most MAX_LOST times (epochs 0..MAX_LOST); everything
    else is unbounded (time and faults are abstract, so the state space is finite). */
@@ -261,12 +265,12 @@ end_net:
      }
   :: atomic {  /* the server crashes, its store survives (durable) */
        ev == E_NONE && server_up && !calm ->
-       server_up = 0; frozen = 1; pong_owed = 0; printf("ENV crash kept\n");
+       server_up = 0; frozen = (phys == P_OPEN); pong_owed = 0; printf("ENV crash kept\n");
        INVARIANTS
      }
   :: atomic {  /* the server crashes and loses its store: a new epoch */
        ev == E_NONE && server_up && !calm && lost < MAX_LOST ->
-       server_up = 0; frozen = 1; pong_owed = 0;
+       server_up = 0; frozen = (phys == P_OPEN); pong_owed = 0;
        has_session = 0; sepoch++; lost++; printf("ENV crash lost\n");
        INVARIANTS
      }

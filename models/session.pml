@@ -6,12 +6,13 @@
    finish_rebuild); the server mirrors adapters/hub.py.
 
    Bounds (stated in models/README.md): the client sends N_USER messages, the server's
-   application K_SERVER; the connection is cut at most MAX_CUTS times and the server
-   crashes at most MAX_CRASH times (each crash keeps or loses the store); channels hold
-   CHAN frames each way (enough for everything in flight: a send never blocks on it).
-   The channel is FIFO and lossless while the connection lives: a cut loses everything
-   in it, both ways, and both ends see the loss (the lifecycle model covers who notices
-   when).
+   application K_SERVER per session; at most MAX_FAULTS faults in all: cuts (at most
+   MAX_CUTS) and crashes (at most MAX_CRASH, each keeping or losing the store); channels
+   hold CHAN frames each way (enough for everything in flight: a send never blocks).
+   The connection is FIFO and lossless while it lives; a cut loses everything in flight
+   both ways, except the first frame the server may already have received, which its old
+   handler may read late (that is where duplicates come from). Both ends see a cut; the
+   lifecycle model covers who notices when.
 
    Seeded bugs (`-DBUG_...`, run by `make verify`) each break one property. */
 

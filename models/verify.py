@@ -1,23 +1,24 @@
 """``make verify`` / ``tether verify``: model-check a spec and the session protocol with spin.
 
-For each check: generate the lifecycle model from the spec (:mod:`models.generate`),
-compose it with the hand-written environment (``env.pml``), let ``spin -a`` write the
-verifier's C source, compile it (``gcc``) into ``pan``, and run ``pan`` for one named
-property (``-N``). Safety properties are searched breadth-first, so a counterexample is
-a shortest one; liveness is searched depth-first for acceptance cycles under weak
-fairness (``pan -a -f``). The session protocol (``session.pml``) is one depth-first
-search that checks its four properties as assertions.
+For each build: generate the lifecycle model from the spec (:mod:`models.generate`),
+compose it with the hand-written environment (``env.pml``) into a self-contained
+``model.pml``, let ``spin -a`` write the verifier's C source, compile it (``gcc -O0``:
+compiling is most of the time) into ``pan``, and run ``pan``. The safety properties are
+assertions checked after every step, so one depth-first search checks them all; liveness
+is an LTL property, searched for acceptance cycles under weak fairness (``pan -a -f``).
+The session protocol (``session.pml``) is one search over its four properties.
 
-Every check has an expected outcome. Most must hold; a few must be violated: the
-liveness property with a retry budget (the trade-off ``models/README.md`` explains), a
-known finding (:data:`KNOWN`), and every seeded bug (a mutated table row or a mutated
-environment step) that shows its property bites. A check that holds must also have
+Every check has an expected outcome. Most must hold; a few must be violated: liveness
+with a retry budget (the trade-off ``models/README.md`` explains), a known finding
+(:data:`KNOWN`), and every seeded bug (a mutated table row or environment step, checked
+for its own property only) that shows its property bites. A check that holds must have
 explored at least :data:`MIN_STATES` states, or it is reported as vacuous. A violation
-is printed as a timeline of events, not as a raw trail.
+is searched again with growing depth bounds, for a short counterexample, and printed as
+a timeline of events, not as a raw trail.
 
-The dead-row report: pan lists the statements no run reached; each generated row starts
-with its own ``row = K`` statement, so the rows never taken by either budget's search
-are named.
+The dead-row report: pan lists the statements no search reached; each generated row
+starts with its own ``row = K`` statement (kept apart by ``spin -o3``), so the rows
+taken by neither budget's search are named.
 """
 
 from __future__ import annotations
