@@ -335,10 +335,18 @@ end_client:
   :: d_step {
        cst == DIALING && s2c?[WELCOME, _, _, _] -> s2c?WELCOME, a, b, c;
        if
+#ifdef BUG_REBUILD_ON_RESUME
+       :: false ->  /* seeded bug: every resume runs the rebuild again */
+#else
        :: a == c_sid && c == c_rebuilt ->          /* resume_session: no rebuild */
+#endif
           printf("C < welcome: resumed, epoch %d rebuilt: online\n", c);
           c_ack(b); c_epoch = c; cst = LIVE
+#ifdef BUG_REBUILD_ON_RESUME
+       :: a == c_sid ->
+#else
        :: a == c_sid && c != c_rebuilt ->          /* start_rebuild: resumed, rebuild unfinished */
+#endif
           printf("C < welcome: resumed, epoch %d not rebuilt: replay, rebuild\n", c);
           c_ack(b); take_replays(); c_epoch = c; cst = REBUILDING
        :: a != c_sid ->                   /* start_rebuild: a new session */

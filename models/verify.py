@@ -291,6 +291,9 @@ SEEDED: tuple[SeededBug, ...] = (
     SeededBug("flow-during-rebuild", "rebuild_once_first",
               "client: held messages flow while the rebuild runs",
               define="BUG_FLOW_DURING_REBUILD", session=True),
+    SeededBug("rebuild-on-resume", "rebuild_once_first",
+              "client: a resume into an epoch whose rebuild finished rebuilds again",
+              define="BUG_REBUILD_ON_RESUME", session=True),
 )
 
 
