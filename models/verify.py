@@ -112,7 +112,8 @@ Search = Literal["safety", "liveness"]
 
 @dataclass(frozen=True)
 class Build:
-    """One ``pan`` binary: the model, spin's ``-D`` defines, and the search it does.
+    """One ``pan`` binary: the model, its defines (written into ``model.pml``), and the
+    search it does.
 
     ``safety`` checks the safety properties, written as assertions checked after every
     step: one search checks them all. ``liveness`` looks for acceptance cycles of
@@ -410,6 +411,14 @@ def _top(build: Build, where: Path) -> Path:
 
 
 def _job(build: Build, checks: list[Check], root: Path) -> list[Result]:
+    try:
+        return _build_and_check(build, checks, root)
+    except subprocess.TimeoutExpired as timeout:
+        return [Result(c, "error", message=f"{' '.join(map(str, timeout.cmd))} took longer "
+                                           f"than {timeout.timeout:.0f} s") for c in checks]
+
+
+def _build_and_check(build: Build, checks: list[Check], root: Path) -> list[Result]:
     spin, cc = tools()
     where = root / build.where
     where.mkdir()
