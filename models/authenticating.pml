@@ -31,15 +31,16 @@
 #define E_TransportReleased 11
 #define E_SendRequested 12
 #define E_CloseRequested 13
-#define E_DeadlineReached 14
-#define E_SilenceNoticed 15
-#define E_ProbeUnanswered 16
-#define E_TimerFiredLate 17
-#define E_BackoffElapsed 18
-#define E_HandshakeTimedOut 19
-#define E_Authenticated 20
-#define E_AuthenticationRejected 21
-#define N_EVENTS 21
+#define E_Crashed 14
+#define E_DeadlineReached 15
+#define E_SilenceNoticed 16
+#define E_ProbeUnanswered 17
+#define E_TimerFiredLate 18
+#define E_BackoffElapsed 19
+#define E_HandshakeTimedOut 20
+#define E_Authenticated 21
+#define E_AuthenticationRejected 22
+#define N_EVENTS 22
 
 /* -- tags (fsm.states.Tags): the generic properties read these --------- */
 #define LIVE(s) ((s) == S_online || (s) == S_waiting)
@@ -59,6 +60,8 @@ inline user_custom_event() { if :: skip fi }
 inline reply_ok_event() { if :: ev = E_Authenticated fi }
 #define HAS_REPLY_FATAL 1
 inline reply_fatal_event() { if :: ev = E_AuthenticationRejected fi }
+#define HAS_CRASH 1
+inline crash_event() { if :: ev = E_Crashed fi }
 
 /* -- the core's abstract variables (models/meanings.py) ------------------ */
 #define TP_NONE    0   /* Lifecycle._transport: none */
@@ -273,7 +276,7 @@ inline handle_event() {
   :: st == S_idle ->
      if
      :: ev == E_Started ->
-        /* #22 Started: idle -> connecting */
+        /* #23 Started: idle -> connecting */
         row = 1;
         st = S_connecting;
         open_transport()
@@ -298,52 +301,58 @@ inline handle_event() {
      :: ev == E_TransportReleased ->
         row = 11  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: idle -> (internal) */
+        /* #25 SendRequested: idle -> (internal) */
         row = 12;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: idle -> closed */
+        /* #24 CloseRequested: idle -> closed */
         row = 13;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: idle -> failed */
+        row = 14;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: idle -> (internal) */
-        row = 14
+        /* #55 DeadlineReached: idle -> (internal) */
+        row = 15
      :: ev == E_SilenceNoticed ->
-        row = 15  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
         row = 16  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
+     :: ev == E_ProbeUnanswered ->
         row = 17  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_TimerFiredLate ->
         row = 18  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
+     :: ev == E_BackoffElapsed ->
         row = 19  /* ignored: an explicit no-op */
-     :: ev == E_Authenticated ->
+     :: ev == E_HandshakeTimedOut ->
         row = 20  /* ignored: an explicit no-op */
-     :: ev == E_AuthenticationRejected ->
+     :: ev == E_Authenticated ->
         row = 21  /* ignored: an explicit no-op */
+     :: ev == E_AuthenticationRejected ->
+        row = 22  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_connecting ->
      if
      :: ev == E_Started ->
-        row = 22  /* ignored: an explicit no-op */
+        row = 23  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: !(is_dialing) ->
            /* #0 Connected: connecting -> (internal) unless [is_dialing] */
-           row = 23;
+           row = 24;
            drop_stray_transport()
         :: !(!(is_dialing)) && (is_resumed) ->
            /* #1 Connected: connecting -> online [is_resumed] */
-           row = 24;
+           row = 25;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !(!(is_dialing)) && !((is_resumed)) ->
            /* #2 Connected: connecting -> authenticating */
-           row = 25;
+           row = 26;
            note_connected();
            st = S_authenticating;
            emit_Authenticate()
@@ -351,392 +360,416 @@ inline handle_event() {
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
-           /* #28 ConnectFailed: connecting -> failed [is_dialing and gives_up] */
-           row = 26;
+           /* #29 ConnectFailed: connecting -> failed [is_dialing and gives_up] */
+           row = 27;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_dialing) && (gives_up)) && (is_dialing) ->
-           /* #29 ConnectFailed: connecting -> recovering [is_dialing] */
-           row = 27;
+           /* #30 ConnectFailed: connecting -> recovering [is_dialing] */
+           row = 28;
            count_failure();
            st = S_recovering;
            schedule_retry()
         :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
-           /* #30 ConnectFailed: connecting -> (internal) */
-           row = 28
+           /* #31 ConnectFailed: connecting -> (internal) */
+           row = 29
         fi
      :: ev == E_Rebuilt ->
         if
         :: (is_rebuilding) ->
-           /* #26 Rebuilt: connecting -> online [is_rebuilding] */
-           row = 29;
+           /* #27 Rebuilt: connecting -> online [is_rebuilding] */
+           row = 30;
            finish_rebuild();
            st = S_online;
            flush_outbox()
         :: !((is_rebuilding)) ->
-           /* #27 Rebuilt: connecting -> (internal) */
-           row = 30
+           /* #28 Rebuilt: connecting -> (internal) */
+           row = 31
         fi
      :: ev == E_RebuildFailed ->
         if
         :: (is_rebuilding) && (gives_up) ->
-           /* #33 RebuildFailed: connecting -> failed [is_rebuilding and gives_up] */
-           row = 31;
+           /* #34 RebuildFailed: connecting -> failed [is_rebuilding and gives_up] */
+           row = 32;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
-           /* #34 RebuildFailed: connecting -> stale [is_rebuilding] */
-           row = 32;
+           /* #35 RebuildFailed: connecting -> stale [is_rebuilding] */
+           row = 33;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
-           /* #35 RebuildFailed: connecting -> (internal) */
-           row = 33
+           /* #36 RebuildFailed: connecting -> (internal) */
+           row = 34
         fi
      :: ev == E_MessageReceived ->
-        /* #38 MessageReceived: connecting -> (internal) */
-        row = 34;
+        /* #39 MessageReceived: connecting -> (internal) */
+        row = 35;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #40 PongReceived: connecting -> (internal) */
-        row = 35;
+        /* #41 PongReceived: connecting -> (internal) */
+        row = 36;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #41 MessagesWritten: connecting -> (internal) */
-        row = 36;
+        /* #42 MessagesWritten: connecting -> (internal) */
+        row = 37;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #42 MessagesAcked: connecting -> (internal) */
-        row = 37;
+        /* #43 MessagesAcked: connecting -> (internal) */
+        row = 38;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #48 TransportLost: connecting -> (internal) unless [holds_transport] */
-           row = 38
+           /* #49 TransportLost: connecting -> (internal) unless [holds_transport] */
+           row = 39
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #49 TransportLost: connecting -> failed [gives_up] */
-           row = 39;
+           /* #50 TransportLost: connecting -> failed [gives_up] */
+           row = 40;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #50 TransportLost: connecting -> stale */
-           row = 40;
+           /* #51 TransportLost: connecting -> stale */
+           row = 41;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        /* #52 TransportReleased: connecting -> (internal) */
-        row = 41;
+        /* #53 TransportReleased: connecting -> (internal) */
+        row = 42;
         note_released()
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: connecting -> (internal) */
-        row = 42;
+        /* #25 SendRequested: connecting -> (internal) */
+        row = 43;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: connecting -> closed */
-        row = 43;
+        /* #24 CloseRequested: connecting -> closed */
+        row = 44;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: connecting -> failed */
+        row = 45;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: connecting -> (internal) */
-        row = 44
+        /* #55 DeadlineReached: connecting -> (internal) */
+        row = 46
      :: ev == E_SilenceNoticed ->
-        row = 45  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 46  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
         row = 47  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_ProbeUnanswered ->
         row = 48  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 49  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 50  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
-           /* #31 HandshakeTimedOut: connecting -> failed [gives_up] */
-           row = 49;
+           /* #32 HandshakeTimedOut: connecting -> failed [gives_up] */
+           row = 51;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #32 HandshakeTimedOut: connecting -> stale */
-           row = 50;
+           /* #33 HandshakeTimedOut: connecting -> stale */
+           row = 52;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_Authenticated ->
-        row = 51  /* ignored: an explicit no-op */
+        row = 53  /* ignored: an explicit no-op */
      :: ev == E_AuthenticationRejected ->
-        row = 52  /* ignored: an explicit no-op */
+        row = 54  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_online ->
      if
      :: ev == E_Started ->
-        row = 53  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 54  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
         row = 55  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
+     :: ev == E_Connected ->
         row = 56  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_ConnectFailed ->
         row = 57  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 58  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 59  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #38 MessageReceived: online -> (internal) */
-        row = 58;
+        /* #39 MessageReceived: online -> (internal) */
+        row = 60;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #40 PongReceived: online -> (internal) */
-        row = 59;
+        /* #41 PongReceived: online -> (internal) */
+        row = 61;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #41 MessagesWritten: online -> (internal) */
-        row = 60;
+        /* #42 MessagesWritten: online -> (internal) */
+        row = 62;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #42 MessagesAcked: online -> (internal) */
-        row = 61;
+        /* #43 MessagesAcked: online -> (internal) */
+        row = 63;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #48 TransportLost: online -> (internal) unless [holds_transport] */
-           row = 62
+           /* #49 TransportLost: online -> (internal) unless [holds_transport] */
+           row = 64
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #49 TransportLost: online -> failed [gives_up] */
-           row = 63;
+           /* #50 TransportLost: online -> failed [gives_up] */
+           row = 65;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #50 TransportLost: online -> stale */
-           row = 64;
+           /* #51 TransportLost: online -> stale */
+           row = 66;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 65  /* ignored: an explicit no-op */
+        row = 67  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: online -> (internal) */
-        row = 66;
+        /* #25 SendRequested: online -> (internal) */
+        row = 68;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: online -> closed */
-        row = 67;
+        /* #24 CloseRequested: online -> closed */
+        row = 69;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: online -> failed */
+        row = 70;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: online -> (internal) */
-        row = 68
+        /* #55 DeadlineReached: online -> (internal) */
+        row = 71
      :: ev == E_SilenceNoticed ->
-        /* #43 SilenceNoticed: online -> waiting */
-        row = 69;
+        /* #44 SilenceNoticed: online -> waiting */
+        row = 72;
         st = S_waiting;
         send_probe()
      :: ev == E_ProbeUnanswered ->
-        row = 70  /* ignored: an explicit no-op */
+        row = 73  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        /* #44 TimerFiredLate: online -> waiting */
-        row = 71;
+        /* #45 TimerFiredLate: online -> waiting */
+        row = 74;
         st = S_waiting;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 72  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
-        row = 73  /* ignored: an explicit no-op */
-     :: ev == E_Authenticated ->
-        row = 74  /* ignored: an explicit no-op */
-     :: ev == E_AuthenticationRejected ->
         row = 75  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 76  /* ignored: an explicit no-op */
+     :: ev == E_Authenticated ->
+        row = 77  /* ignored: an explicit no-op */
+     :: ev == E_AuthenticationRejected ->
+        row = 78  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_waiting ->
      if
      :: ev == E_Started ->
-        row = 76  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 77  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 78  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
         row = 79  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_Connected ->
         row = 80  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 81  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 82  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 83  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #37 MessageReceived: waiting -> online */
-        row = 81;
+        /* #38 MessageReceived: waiting -> online */
+        row = 84;
         note_heard();
         deliver_message();
         st = S_online;
         flush_outbox()
      :: ev == E_PongReceived ->
-        /* #39 PongReceived: waiting -> online */
-        row = 82;
+        /* #40 PongReceived: waiting -> online */
+        row = 85;
         note_heard();
         st = S_online;
         flush_outbox()
      :: ev == E_MessagesWritten ->
-        /* #41 MessagesWritten: waiting -> (internal) */
-        row = 83;
+        /* #42 MessagesWritten: waiting -> (internal) */
+        row = 86;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #42 MessagesAcked: waiting -> (internal) */
-        row = 84;
+        /* #43 MessagesAcked: waiting -> (internal) */
+        row = 87;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #48 TransportLost: waiting -> (internal) unless [holds_transport] */
-           row = 85
+           /* #49 TransportLost: waiting -> (internal) unless [holds_transport] */
+           row = 88
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #49 TransportLost: waiting -> failed [gives_up] */
-           row = 86;
+           /* #50 TransportLost: waiting -> failed [gives_up] */
+           row = 89;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #50 TransportLost: waiting -> stale */
-           row = 87;
+           /* #51 TransportLost: waiting -> stale */
+           row = 90;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 88  /* ignored: an explicit no-op */
+        row = 91  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: waiting -> (internal) */
-        row = 89;
+        /* #25 SendRequested: waiting -> (internal) */
+        row = 92;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: waiting -> closed */
-        row = 90;
+        /* #24 CloseRequested: waiting -> closed */
+        row = 93;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: waiting -> failed */
+        row = 94;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: waiting -> (internal) */
-        row = 91
+        /* #55 DeadlineReached: waiting -> (internal) */
+        row = 95
      :: ev == E_SilenceNoticed ->
-        row = 92  /* ignored: an explicit no-op */
+        row = 96  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
         if
         :: (gives_up) ->
-           /* #46 ProbeUnanswered: waiting -> failed [gives_up] */
-           row = 93;
+           /* #47 ProbeUnanswered: waiting -> failed [gives_up] */
+           row = 97;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #47 ProbeUnanswered: waiting -> stale */
-           row = 94;
+           /* #48 ProbeUnanswered: waiting -> stale */
+           row = 98;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TimerFiredLate ->
-        /* #45 TimerFiredLate: waiting -> (internal) */
-        row = 95;
+        /* #46 TimerFiredLate: waiting -> (internal) */
+        row = 99;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 96  /* ignored: an explicit no-op */
+        row = 100  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 97  /* ignored: an explicit no-op */
+        row = 101  /* ignored: an explicit no-op */
      :: ev == E_Authenticated ->
-        row = 98  /* ignored: an explicit no-op */
+        row = 102  /* ignored: an explicit no-op */
      :: ev == E_AuthenticationRejected ->
-        row = 99  /* ignored: an explicit no-op */
+        row = 103  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_stale ->
      if
      :: ev == E_Started ->
-        row = 100  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 101  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 102  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 103  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
         row = 104  /* ignored: an explicit no-op */
+     :: ev == E_Connected ->
+        row = 105  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 106  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 107  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 108  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #38 MessageReceived: stale -> (internal) */
-        row = 105;
+        /* #39 MessageReceived: stale -> (internal) */
+        row = 109;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        row = 106  /* ignored: an explicit no-op */
+        row = 110  /* ignored: an explicit no-op */
      :: ev == E_MessagesWritten ->
-        /* #41 MessagesWritten: stale -> (internal) */
-        row = 107;
+        /* #42 MessagesWritten: stale -> (internal) */
+        row = 111;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #42 MessagesAcked: stale -> (internal) */
-        row = 108;
+        /* #43 MessagesAcked: stale -> (internal) */
+        row = 112;
         settle_acked()
      :: ev == E_TransportLost ->
-        row = 109  /* ignored: an explicit no-op */
+        row = 113  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #51 TransportReleased: stale -> recovering */
-        row = 110;
+        /* #52 TransportReleased: stale -> recovering */
+        row = 114;
         note_released();
         st = S_recovering;
         schedule_retry()
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: stale -> (internal) */
-        row = 111;
+        /* #25 SendRequested: stale -> (internal) */
+        row = 115;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: stale -> closed */
-        row = 112;
+        /* #24 CloseRequested: stale -> closed */
+        row = 116;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: stale -> failed */
+        row = 117;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: stale -> (internal) */
-        row = 113
+        /* #55 DeadlineReached: stale -> (internal) */
+        row = 118
      :: ev == E_SilenceNoticed ->
-        row = 114  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 115  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 116  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 117  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
-        row = 118  /* ignored: an explicit no-op */
-     :: ev == E_Authenticated ->
         row = 119  /* ignored: an explicit no-op */
-     :: ev == E_AuthenticationRejected ->
+     :: ev == E_ProbeUnanswered ->
         row = 120  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 121  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 122  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 123  /* ignored: an explicit no-op */
+     :: ev == E_Authenticated ->
+        row = 124  /* ignored: an explicit no-op */
+     :: ev == E_AuthenticationRejected ->
+        row = 125  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_recovering ->
      if
      :: ev == E_Started ->
-        row = 121  /* ignored: an explicit no-op */
+        row = 126  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: !(is_dialing) ->
            /* #0 Connected: recovering -> (internal) unless [is_dialing] */
-           row = 122;
+           row = 127;
            drop_stray_transport()
         :: !(!(is_dialing)) && (is_resumed) ->
            /* #1 Connected: recovering -> online [is_resumed] */
-           row = 123;
+           row = 128;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !(!(is_dialing)) && !((is_resumed)) ->
            /* #2 Connected: recovering -> authenticating */
-           row = 124;
+           row = 129;
            note_connected();
            st = S_authenticating;
            emit_Authenticate()
@@ -744,338 +777,354 @@ inline handle_event() {
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
-           /* #28 ConnectFailed: recovering -> failed [is_dialing and gives_up] */
-           row = 125;
-           count_failure();
-           st = S_failed;
-           release_everything()
-        :: !((is_dialing) && (gives_up)) && (is_dialing) ->
-           /* #29 ConnectFailed: recovering -> recovering [is_dialing] */
-           row = 126;
-           count_failure();
-           st = S_recovering;
-           schedule_retry()
-        :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
-           /* #30 ConnectFailed: recovering -> (internal) */
-           row = 127
-        fi
-     :: ev == E_Rebuilt ->
-        if
-        :: (is_rebuilding) ->
-           /* #26 Rebuilt: recovering -> online [is_rebuilding] */
-           row = 128;
-           finish_rebuild();
-           st = S_online;
-           flush_outbox()
-        :: !((is_rebuilding)) ->
-           /* #27 Rebuilt: recovering -> (internal) */
-           row = 129
-        fi
-     :: ev == E_RebuildFailed ->
-        if
-        :: (is_rebuilding) && (gives_up) ->
-           /* #33 RebuildFailed: recovering -> failed [is_rebuilding and gives_up] */
+           /* #29 ConnectFailed: recovering -> failed [is_dialing and gives_up] */
            row = 130;
            count_failure();
            st = S_failed;
            release_everything()
-        :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
-           /* #34 RebuildFailed: recovering -> stale [is_rebuilding] */
+        :: !((is_dialing) && (gives_up)) && (is_dialing) ->
+           /* #30 ConnectFailed: recovering -> recovering [is_dialing] */
            row = 131;
+           count_failure();
+           st = S_recovering;
+           schedule_retry()
+        :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
+           /* #31 ConnectFailed: recovering -> (internal) */
+           row = 132
+        fi
+     :: ev == E_Rebuilt ->
+        if
+        :: (is_rebuilding) ->
+           /* #27 Rebuilt: recovering -> online [is_rebuilding] */
+           row = 133;
+           finish_rebuild();
+           st = S_online;
+           flush_outbox()
+        :: !((is_rebuilding)) ->
+           /* #28 Rebuilt: recovering -> (internal) */
+           row = 134
+        fi
+     :: ev == E_RebuildFailed ->
+        if
+        :: (is_rebuilding) && (gives_up) ->
+           /* #34 RebuildFailed: recovering -> failed [is_rebuilding and gives_up] */
+           row = 135;
+           count_failure();
+           st = S_failed;
+           release_everything()
+        :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
+           /* #35 RebuildFailed: recovering -> stale [is_rebuilding] */
+           row = 136;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
-           /* #35 RebuildFailed: recovering -> (internal) */
-           row = 132
+           /* #36 RebuildFailed: recovering -> (internal) */
+           row = 137
         fi
      :: ev == E_MessageReceived ->
-        /* #38 MessageReceived: recovering -> (internal) */
-        row = 133;
+        /* #39 MessageReceived: recovering -> (internal) */
+        row = 138;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #40 PongReceived: recovering -> (internal) */
-        row = 134;
+        /* #41 PongReceived: recovering -> (internal) */
+        row = 139;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #41 MessagesWritten: recovering -> (internal) */
-        row = 135;
+        /* #42 MessagesWritten: recovering -> (internal) */
+        row = 140;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #42 MessagesAcked: recovering -> (internal) */
-        row = 136;
+        /* #43 MessagesAcked: recovering -> (internal) */
+        row = 141;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #48 TransportLost: recovering -> (internal) unless [holds_transport] */
-           row = 137
+           /* #49 TransportLost: recovering -> (internal) unless [holds_transport] */
+           row = 142
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #49 TransportLost: recovering -> failed [gives_up] */
-           row = 138;
+           /* #50 TransportLost: recovering -> failed [gives_up] */
+           row = 143;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #50 TransportLost: recovering -> stale */
-           row = 139;
+           /* #51 TransportLost: recovering -> stale */
+           row = 144;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        /* #52 TransportReleased: recovering -> (internal) */
-        row = 140;
+        /* #53 TransportReleased: recovering -> (internal) */
+        row = 145;
         note_released()
      :: ev == E_SendRequested ->
-        /* #24 SendRequested: recovering -> (internal) */
-        row = 141;
+        /* #25 SendRequested: recovering -> (internal) */
+        row = 146;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #23 CloseRequested: recovering -> closed */
-        row = 142;
+        /* #24 CloseRequested: recovering -> closed */
+        row = 147;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #54 Crashed: recovering -> failed */
+        row = 148;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: recovering -> (internal) */
-        row = 143
+        /* #55 DeadlineReached: recovering -> (internal) */
+        row = 149
      :: ev == E_SilenceNoticed ->
-        row = 144  /* ignored: an explicit no-op */
+        row = 150  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 145  /* ignored: an explicit no-op */
+        row = 151  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 146  /* ignored: an explicit no-op */
+        row = 152  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        /* #36 BackoffElapsed: recovering -> (internal) */
-        row = 147;
+        /* #37 BackoffElapsed: recovering -> (internal) */
+        row = 153;
         open_transport()
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
-           /* #31 HandshakeTimedOut: recovering -> failed [gives_up] */
-           row = 148;
+           /* #32 HandshakeTimedOut: recovering -> failed [gives_up] */
+           row = 154;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #32 HandshakeTimedOut: recovering -> stale */
-           row = 149;
+           /* #33 HandshakeTimedOut: recovering -> stale */
+           row = 155;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_Authenticated ->
-        row = 150  /* ignored: an explicit no-op */
+        row = 156  /* ignored: an explicit no-op */
      :: ev == E_AuthenticationRejected ->
-        row = 151  /* ignored: an explicit no-op */
+        row = 157  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_closed ->
      if
      :: ev == E_Started ->
-        row = 152  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 153  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 154  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 155  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 156  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 157  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
         row = 158  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
+     :: ev == E_Connected ->
         row = 159  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_ConnectFailed ->
         row = 160  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_Rebuilt ->
         row = 161  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 162  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 163  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 164  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 165  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 166  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 167  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #52 TransportReleased: closed -> (internal) */
-        row = 162;
+        /* #53 TransportReleased: closed -> (internal) */
+        row = 168;
         note_released()
      :: ev == E_SendRequested ->
-        /* #25 SendRequested: closed -> (internal) */
-        row = 163;
+        /* #26 SendRequested: closed -> (internal) */
+        row = 169;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 164  /* ignored: an explicit no-op */
-     :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: closed -> (internal) */
-        row = 165
-     :: ev == E_SilenceNoticed ->
-        row = 166  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 167  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 168  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 169  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
         row = 170  /* ignored: an explicit no-op */
-     :: ev == E_Authenticated ->
+     :: ev == E_Crashed ->
         row = 171  /* ignored: an explicit no-op */
+     :: ev == E_DeadlineReached ->
+        /* #55 DeadlineReached: closed -> (internal) */
+        row = 172
+     :: ev == E_SilenceNoticed ->
+        row = 173  /* ignored: an explicit no-op */
+     :: ev == E_ProbeUnanswered ->
+        row = 174  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 175  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 176  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 177  /* ignored: an explicit no-op */
+     :: ev == E_Authenticated ->
+        row = 178  /* ignored: an explicit no-op */
      :: ev == E_AuthenticationRejected ->
-        row = 172  /* ignored: an explicit no-op */
+        row = 179  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_failed ->
      if
      :: ev == E_Started ->
-        row = 173  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 174  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 175  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 176  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 177  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 178  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
-        row = 179  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
         row = 180  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_Connected ->
         row = 181  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_ConnectFailed ->
         row = 182  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 183  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 184  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 185  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 186  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 187  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 188  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 189  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #52 TransportReleased: failed -> (internal) */
-        row = 183;
+        /* #53 TransportReleased: failed -> (internal) */
+        row = 190;
         note_released()
      :: ev == E_SendRequested ->
-        /* #25 SendRequested: failed -> (internal) */
-        row = 184;
+        /* #26 SendRequested: failed -> (internal) */
+        row = 191;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 185  /* ignored: an explicit no-op */
-     :: ev == E_DeadlineReached ->
-        /* #53 DeadlineReached: failed -> (internal) */
-        row = 186
-     :: ev == E_SilenceNoticed ->
-        row = 187  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 188  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 189  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 190  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
-        row = 191  /* ignored: an explicit no-op */
-     :: ev == E_Authenticated ->
         row = 192  /* ignored: an explicit no-op */
-     :: ev == E_AuthenticationRejected ->
+     :: ev == E_Crashed ->
         row = 193  /* ignored: an explicit no-op */
+     :: ev == E_DeadlineReached ->
+        /* #55 DeadlineReached: failed -> (internal) */
+        row = 194
+     :: ev == E_SilenceNoticed ->
+        row = 195  /* ignored: an explicit no-op */
+     :: ev == E_ProbeUnanswered ->
+        row = 196  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 197  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 198  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 199  /* ignored: an explicit no-op */
+     :: ev == E_Authenticated ->
+        row = 200  /* ignored: an explicit no-op */
+     :: ev == E_AuthenticationRejected ->
+        row = 201  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_authenticating ->
      if
      :: ev == E_Started ->
-        row = 194  /* ignored: an explicit no-op */
+        row = 202  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
-        row = 195  /* ignored: an explicit no-op */
+        row = 203  /* ignored: an explicit no-op */
      :: ev == E_ConnectFailed ->
-        row = 196  /* ignored: an explicit no-op */
+        row = 204  /* ignored: an explicit no-op */
      :: ev == E_Rebuilt ->
         if
         :: (is_rebuilding) ->
            /* #6 Rebuilt: authenticating -> online [is_rebuilding] */
-           row = 197;
+           row = 205;
            finish_rebuild();
            st = S_online;
            flush_outbox()
         :: !((is_rebuilding)) ->
            /* #7 Rebuilt: authenticating -> (internal) */
-           row = 198
+           row = 206
         fi
      :: ev == E_RebuildFailed ->
         if
         :: (is_rebuilding) && (gives_up) ->
            /* #8 RebuildFailed: authenticating -> failed [is_rebuilding and gives_up] */
-           row = 199;
+           row = 207;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
            /* #9 RebuildFailed: authenticating -> stale [is_rebuilding] */
-           row = 200;
+           row = 208;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
            /* #10 RebuildFailed: authenticating -> (internal) */
-           row = 201
+           row = 209
         fi
      :: ev == E_MessageReceived ->
-        /* #17 MessageReceived: authenticating -> (internal) */
-        row = 202;
+        /* #18 MessageReceived: authenticating -> (internal) */
+        row = 210;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #18 PongReceived: authenticating -> (internal) */
-        row = 203;
+        /* #19 PongReceived: authenticating -> (internal) */
+        row = 211;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #19 MessagesWritten: authenticating -> (internal) */
-        row = 204;
+        /* #20 MessagesWritten: authenticating -> (internal) */
+        row = 212;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #20 MessagesAcked: authenticating -> (internal) */
-        row = 205;
+        /* #21 MessagesAcked: authenticating -> (internal) */
+        row = 213;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: (gives_up) ->
            /* #13 TransportLost: authenticating -> failed [gives_up] */
-           row = 206;
+           row = 214;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
            /* #14 TransportLost: authenticating -> stale */
-           row = 207;
+           row = 215;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 208  /* ignored: an explicit no-op */
+        row = 216  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #16 SendRequested: authenticating -> (internal) */
-        row = 209;
+        /* #17 SendRequested: authenticating -> (internal) */
+        row = 217;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #15 CloseRequested: authenticating -> closed */
-        row = 210;
+        row = 218;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #16 Crashed: authenticating -> failed */
+        row = 219;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #21 DeadlineReached: authenticating -> (internal) */
-        row = 211
+        /* #22 DeadlineReached: authenticating -> (internal) */
+        row = 220
      :: ev == E_SilenceNoticed ->
-        row = 212  /* ignored: an explicit no-op */
+        row = 221  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 213  /* ignored: an explicit no-op */
+        row = 222  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 214  /* ignored: an explicit no-op */
+        row = 223  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        row = 215  /* ignored: an explicit no-op */
+        row = 224  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
            /* #11 HandshakeTimedOut: authenticating -> failed [gives_up] */
-           row = 216;
+           row = 225;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
            /* #12 HandshakeTimedOut: authenticating -> stale */
-           row = 217;
+           row = 226;
            count_failure();
            st = S_stale;
            abort_transport()
@@ -1084,15 +1133,15 @@ inline handle_event() {
         if
         :: !(is_rebuilding) ->
            /* #3 Authenticated: authenticating -> (internal) unless [is_rebuilding] */
-           row = 218;
+           row = 227;
            start_rebuild()
         :: !(!(is_rebuilding)) ->
            /* #4 Authenticated: authenticating -> (internal) */
-           row = 219
+           row = 228
         fi
      :: ev == E_AuthenticationRejected ->
         /* #5 AuthenticationRejected: authenticating -> failed */
-        row = 220;
+        row = 229;
         st = S_failed;
         release_everything()
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */

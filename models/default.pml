@@ -30,13 +30,14 @@
 #define E_TransportReleased 11
 #define E_SendRequested 12
 #define E_CloseRequested 13
-#define E_DeadlineReached 14
-#define E_SilenceNoticed 15
-#define E_ProbeUnanswered 16
-#define E_TimerFiredLate 17
-#define E_BackoffElapsed 18
-#define E_HandshakeTimedOut 19
-#define N_EVENTS 19
+#define E_Crashed 14
+#define E_DeadlineReached 15
+#define E_SilenceNoticed 16
+#define E_ProbeUnanswered 17
+#define E_TimerFiredLate 18
+#define E_BackoffElapsed 19
+#define E_HandshakeTimedOut 20
+#define N_EVENTS 20
 
 /* -- tags (fsm.states.Tags): the generic properties read these --------- */
 #define LIVE(s) ((s) == S_online || (s) == S_waiting)
@@ -56,6 +57,8 @@ inline user_custom_event() { if :: skip fi }
 inline reply_ok_event() { if :: skip fi }
 #define HAS_REPLY_FATAL 0
 inline reply_fatal_event() { if :: skip fi }
+#define HAS_CRASH 1
+inline crash_event() { if :: ev = E_Crashed fi }
 
 /* -- the core's abstract variables (models/meanings.py) ------------------ */
 #define TP_NONE    0   /* Lifecycle._transport: none */
@@ -295,163 +298,175 @@ inline handle_event() {
         row = 13;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: idle -> failed */
+        row = 14;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: idle -> (internal) */
-        row = 14
+        /* #36 DeadlineReached: idle -> (internal) */
+        row = 15
      :: ev == E_SilenceNoticed ->
-        row = 15  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
         row = 16  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
+     :: ev == E_ProbeUnanswered ->
         row = 17  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_TimerFiredLate ->
         row = 18  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
+     :: ev == E_BackoffElapsed ->
         row = 19  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 20  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_connecting ->
      if
      :: ev == E_Started ->
-        row = 20  /* ignored: an explicit no-op */
+        row = 21  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: (holds_transport) && !(is_dialing) ->
            /* #4 Connected: connecting -> (internal) [holds_transport] unless [is_dialing] */
-           row = 21
+           row = 22
         :: !((holds_transport) && !(is_dialing)) && !(is_dialing) ->
            /* #5 Connected: connecting -> (internal) unless [is_dialing] */
-           row = 22;
+           row = 23;
            drop_stray_transport()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && (is_resumed) ->
            /* #6 Connected: connecting -> online [is_resumed] */
-           row = 23;
+           row = 24;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && !((is_resumed)) ->
            /* #7 Connected: connecting -> (internal) */
-           row = 24;
+           row = 25;
            start_rebuild()
         fi
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
            /* #10 ConnectFailed: connecting -> failed [is_dialing and gives_up] */
-           row = 25;
+           row = 26;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_dialing) && (gives_up)) && (is_dialing) ->
            /* #11 ConnectFailed: connecting -> recovering [is_dialing] */
-           row = 26;
+           row = 27;
            count_failure();
            st = S_recovering;
            schedule_retry()
         :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
            /* #12 ConnectFailed: connecting -> (internal) */
-           row = 27
+           row = 28
         fi
      :: ev == E_Rebuilt ->
         if
         :: (is_rebuilding) ->
            /* #8 Rebuilt: connecting -> online [is_rebuilding] */
-           row = 28;
+           row = 29;
            finish_rebuild();
            st = S_online;
            flush_outbox()
         :: !((is_rebuilding)) ->
            /* #9 Rebuilt: connecting -> (internal) */
-           row = 29
+           row = 30
         fi
      :: ev == E_RebuildFailed ->
         if
         :: (is_rebuilding) && (gives_up) ->
            /* #15 RebuildFailed: connecting -> failed [is_rebuilding and gives_up] */
-           row = 30;
+           row = 31;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
            /* #16 RebuildFailed: connecting -> stale [is_rebuilding] */
-           row = 31;
+           row = 32;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
            /* #17 RebuildFailed: connecting -> (internal) */
-           row = 32
+           row = 33
         fi
      :: ev == E_MessageReceived ->
         /* #20 MessageReceived: connecting -> (internal) */
-        row = 33;
+        row = 34;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
         /* #22 PongReceived: connecting -> (internal) */
-        row = 34;
+        row = 35;
         note_heard()
      :: ev == E_MessagesWritten ->
         /* #23 MessagesWritten: connecting -> (internal) */
-        row = 35;
+        row = 36;
         settle_written()
      :: ev == E_MessagesAcked ->
         /* #24 MessagesAcked: connecting -> (internal) */
-        row = 36;
+        row = 37;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
            /* #30 TransportLost: connecting -> (internal) unless [holds_transport] */
-           row = 37
+           row = 38
         :: !(!(holds_transport)) && (gives_up) ->
            /* #31 TransportLost: connecting -> failed [gives_up] */
-           row = 38;
+           row = 39;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
            /* #32 TransportLost: connecting -> stale */
-           row = 39;
+           row = 40;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
         /* #34 TransportReleased: connecting -> (internal) */
-        row = 40;
+        row = 41;
         note_released()
      :: ev == E_SendRequested ->
         /* #2 SendRequested: connecting -> (internal) */
-        row = 41;
+        row = 42;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #1 CloseRequested: connecting -> closed */
-        row = 42;
+        row = 43;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: connecting -> failed */
+        row = 44;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: connecting -> (internal) */
-        row = 43
+        /* #36 DeadlineReached: connecting -> (internal) */
+        row = 45
      :: ev == E_SilenceNoticed ->
-        row = 44  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 45  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
         row = 46  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_ProbeUnanswered ->
         row = 47  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 48  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 49  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
            /* #13 HandshakeTimedOut: connecting -> failed [gives_up] */
-           row = 48;
+           row = 50;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
            /* #14 HandshakeTimedOut: connecting -> stale */
-           row = 49;
+           row = 51;
            count_failure();
            st = S_stale;
            abort_transport()
@@ -461,377 +476,401 @@ inline handle_event() {
   :: st == S_online ->
      if
      :: ev == E_Started ->
-        row = 50  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 51  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
         row = 52  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
+     :: ev == E_Connected ->
         row = 53  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_ConnectFailed ->
         row = 54  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 55  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 56  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
         /* #20 MessageReceived: online -> (internal) */
-        row = 55;
+        row = 57;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
         /* #22 PongReceived: online -> (internal) */
-        row = 56;
+        row = 58;
         note_heard()
      :: ev == E_MessagesWritten ->
         /* #23 MessagesWritten: online -> (internal) */
-        row = 57;
+        row = 59;
         settle_written()
      :: ev == E_MessagesAcked ->
         /* #24 MessagesAcked: online -> (internal) */
-        row = 58;
+        row = 60;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
            /* #30 TransportLost: online -> (internal) unless [holds_transport] */
-           row = 59
+           row = 61
         :: !(!(holds_transport)) && (gives_up) ->
            /* #31 TransportLost: online -> failed [gives_up] */
-           row = 60;
+           row = 62;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
            /* #32 TransportLost: online -> stale */
-           row = 61;
+           row = 63;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 62  /* ignored: an explicit no-op */
+        row = 64  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
         /* #2 SendRequested: online -> (internal) */
-        row = 63;
+        row = 65;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #1 CloseRequested: online -> closed */
-        row = 64;
+        row = 66;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: online -> failed */
+        row = 67;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: online -> (internal) */
-        row = 65
+        /* #36 DeadlineReached: online -> (internal) */
+        row = 68
      :: ev == E_SilenceNoticed ->
         /* #25 SilenceNoticed: online -> waiting */
-        row = 66;
+        row = 69;
         st = S_waiting;
         send_probe()
      :: ev == E_ProbeUnanswered ->
-        row = 67  /* ignored: an explicit no-op */
+        row = 70  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
         /* #26 TimerFiredLate: online -> waiting */
-        row = 68;
+        row = 71;
         st = S_waiting;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 69  /* ignored: an explicit no-op */
+        row = 72  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 70  /* ignored: an explicit no-op */
+        row = 73  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_waiting ->
      if
      :: ev == E_Started ->
-        row = 71  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 72  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 73  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
         row = 74  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_Connected ->
         row = 75  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 76  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 77  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 78  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
         /* #19 MessageReceived: waiting -> online */
-        row = 76;
+        row = 79;
         note_heard();
         deliver_message();
         st = S_online;
         flush_outbox()
      :: ev == E_PongReceived ->
         /* #21 PongReceived: waiting -> online */
-        row = 77;
+        row = 80;
         note_heard();
         st = S_online;
         flush_outbox()
      :: ev == E_MessagesWritten ->
         /* #23 MessagesWritten: waiting -> (internal) */
-        row = 78;
+        row = 81;
         settle_written()
      :: ev == E_MessagesAcked ->
         /* #24 MessagesAcked: waiting -> (internal) */
-        row = 79;
+        row = 82;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
            /* #30 TransportLost: waiting -> (internal) unless [holds_transport] */
-           row = 80
+           row = 83
         :: !(!(holds_transport)) && (gives_up) ->
            /* #31 TransportLost: waiting -> failed [gives_up] */
-           row = 81;
+           row = 84;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
            /* #32 TransportLost: waiting -> stale */
-           row = 82;
+           row = 85;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 83  /* ignored: an explicit no-op */
+        row = 86  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
         /* #2 SendRequested: waiting -> (internal) */
-        row = 84;
+        row = 87;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #1 CloseRequested: waiting -> closed */
-        row = 85;
+        row = 88;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: waiting -> failed */
+        row = 89;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: waiting -> (internal) */
-        row = 86
+        /* #36 DeadlineReached: waiting -> (internal) */
+        row = 90
      :: ev == E_SilenceNoticed ->
-        row = 87  /* ignored: an explicit no-op */
+        row = 91  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
         if
         :: (gives_up) ->
            /* #28 ProbeUnanswered: waiting -> failed [gives_up] */
-           row = 88;
+           row = 92;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
            /* #29 ProbeUnanswered: waiting -> stale */
-           row = 89;
+           row = 93;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TimerFiredLate ->
         /* #27 TimerFiredLate: waiting -> (internal) */
-        row = 90;
+        row = 94;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 91  /* ignored: an explicit no-op */
+        row = 95  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 92  /* ignored: an explicit no-op */
+        row = 96  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_stale ->
      if
      :: ev == E_Started ->
-        row = 93  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 94  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 95  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 96  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
         row = 97  /* ignored: an explicit no-op */
+     :: ev == E_Connected ->
+        row = 98  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 99  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 100  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 101  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
         /* #20 MessageReceived: stale -> (internal) */
-        row = 98;
+        row = 102;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        row = 99  /* ignored: an explicit no-op */
+        row = 103  /* ignored: an explicit no-op */
      :: ev == E_MessagesWritten ->
         /* #23 MessagesWritten: stale -> (internal) */
-        row = 100;
+        row = 104;
         settle_written()
      :: ev == E_MessagesAcked ->
         /* #24 MessagesAcked: stale -> (internal) */
-        row = 101;
+        row = 105;
         settle_acked()
      :: ev == E_TransportLost ->
-        row = 102  /* ignored: an explicit no-op */
+        row = 106  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
         /* #33 TransportReleased: stale -> recovering */
-        row = 103;
+        row = 107;
         note_released();
         st = S_recovering;
         schedule_retry()
      :: ev == E_SendRequested ->
         /* #2 SendRequested: stale -> (internal) */
-        row = 104;
+        row = 108;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #1 CloseRequested: stale -> closed */
-        row = 105;
+        row = 109;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: stale -> failed */
+        row = 110;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: stale -> (internal) */
-        row = 106
+        /* #36 DeadlineReached: stale -> (internal) */
+        row = 111
      :: ev == E_SilenceNoticed ->
-        row = 107  /* ignored: an explicit no-op */
+        row = 112  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 108  /* ignored: an explicit no-op */
+        row = 113  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 109  /* ignored: an explicit no-op */
+        row = 114  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        row = 110  /* ignored: an explicit no-op */
+        row = 115  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 111  /* ignored: an explicit no-op */
+        row = 116  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_recovering ->
      if
      :: ev == E_Started ->
-        row = 112  /* ignored: an explicit no-op */
+        row = 117  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: (holds_transport) && !(is_dialing) ->
            /* #4 Connected: recovering -> (internal) [holds_transport] unless [is_dialing] */
-           row = 113
+           row = 118
         :: !((holds_transport) && !(is_dialing)) && !(is_dialing) ->
            /* #5 Connected: recovering -> (internal) unless [is_dialing] */
-           row = 114;
+           row = 119;
            drop_stray_transport()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && (is_resumed) ->
            /* #6 Connected: recovering -> online [is_resumed] */
-           row = 115;
+           row = 120;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && !((is_resumed)) ->
            /* #7 Connected: recovering -> (internal) */
-           row = 116;
+           row = 121;
            start_rebuild()
         fi
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
            /* #10 ConnectFailed: recovering -> failed [is_dialing and gives_up] */
-           row = 117;
+           row = 122;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_dialing) && (gives_up)) && (is_dialing) ->
            /* #11 ConnectFailed: recovering -> recovering [is_dialing] */
-           row = 118;
+           row = 123;
            count_failure();
            st = S_recovering;
            schedule_retry()
         :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
            /* #12 ConnectFailed: recovering -> (internal) */
-           row = 119
+           row = 124
         fi
      :: ev == E_Rebuilt ->
         if
         :: (is_rebuilding) ->
            /* #8 Rebuilt: recovering -> online [is_rebuilding] */
-           row = 120;
+           row = 125;
            finish_rebuild();
            st = S_online;
            flush_outbox()
         :: !((is_rebuilding)) ->
            /* #9 Rebuilt: recovering -> (internal) */
-           row = 121
+           row = 126
         fi
      :: ev == E_RebuildFailed ->
         if
         :: (is_rebuilding) && (gives_up) ->
            /* #15 RebuildFailed: recovering -> failed [is_rebuilding and gives_up] */
-           row = 122;
+           row = 127;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
            /* #16 RebuildFailed: recovering -> stale [is_rebuilding] */
-           row = 123;
+           row = 128;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
            /* #17 RebuildFailed: recovering -> (internal) */
-           row = 124
+           row = 129
         fi
      :: ev == E_MessageReceived ->
         /* #20 MessageReceived: recovering -> (internal) */
-        row = 125;
+        row = 130;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
         /* #22 PongReceived: recovering -> (internal) */
-        row = 126;
+        row = 131;
         note_heard()
      :: ev == E_MessagesWritten ->
         /* #23 MessagesWritten: recovering -> (internal) */
-        row = 127;
+        row = 132;
         settle_written()
      :: ev == E_MessagesAcked ->
         /* #24 MessagesAcked: recovering -> (internal) */
-        row = 128;
+        row = 133;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
            /* #30 TransportLost: recovering -> (internal) unless [holds_transport] */
-           row = 129
+           row = 134
         :: !(!(holds_transport)) && (gives_up) ->
            /* #31 TransportLost: recovering -> failed [gives_up] */
-           row = 130;
+           row = 135;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
            /* #32 TransportLost: recovering -> stale */
-           row = 131;
+           row = 136;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
         /* #34 TransportReleased: recovering -> (internal) */
-        row = 132;
+        row = 137;
         note_released()
      :: ev == E_SendRequested ->
         /* #2 SendRequested: recovering -> (internal) */
-        row = 133;
+        row = 138;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #1 CloseRequested: recovering -> closed */
-        row = 134;
+        row = 139;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #35 Crashed: recovering -> failed */
+        row = 140;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: recovering -> (internal) */
-        row = 135
+        /* #36 DeadlineReached: recovering -> (internal) */
+        row = 141
      :: ev == E_SilenceNoticed ->
-        row = 136  /* ignored: an explicit no-op */
+        row = 142  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 137  /* ignored: an explicit no-op */
+        row = 143  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 138  /* ignored: an explicit no-op */
+        row = 144  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
         /* #18 BackoffElapsed: recovering -> (internal) */
-        row = 139;
+        row = 145;
         open_transport()
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
            /* #13 HandshakeTimedOut: recovering -> failed [gives_up] */
-           row = 140;
+           row = 146;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
            /* #14 HandshakeTimedOut: recovering -> stale */
-           row = 141;
+           row = 147;
            count_failure();
            st = S_stale;
            abort_transport()
@@ -841,95 +880,99 @@ inline handle_event() {
   :: st == S_closed ->
      if
      :: ev == E_Started ->
-        row = 142  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 143  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 144  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 145  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 146  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 147  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
         row = 148  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
+     :: ev == E_Connected ->
         row = 149  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_ConnectFailed ->
         row = 150  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_Rebuilt ->
         row = 151  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 152  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 153  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 154  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 155  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 156  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 157  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
         /* #34 TransportReleased: closed -> (internal) */
-        row = 152;
+        row = 158;
         note_released()
      :: ev == E_SendRequested ->
         /* #3 SendRequested: closed -> (internal) */
-        row = 153;
+        row = 159;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 154  /* ignored: an explicit no-op */
-     :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: closed -> (internal) */
-        row = 155
-     :: ev == E_SilenceNoticed ->
-        row = 156  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 157  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 158  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 159  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
         row = 160  /* ignored: an explicit no-op */
+     :: ev == E_Crashed ->
+        row = 161  /* ignored: an explicit no-op */
+     :: ev == E_DeadlineReached ->
+        /* #36 DeadlineReached: closed -> (internal) */
+        row = 162
+     :: ev == E_SilenceNoticed ->
+        row = 163  /* ignored: an explicit no-op */
+     :: ev == E_ProbeUnanswered ->
+        row = 164  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 165  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 166  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 167  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_failed ->
      if
      :: ev == E_Started ->
-        row = 161  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 162  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 163  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 164  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 165  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 166  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
-        row = 167  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
         row = 168  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_Connected ->
         row = 169  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_ConnectFailed ->
         row = 170  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 171  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 172  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 173  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 174  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 175  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 176  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 177  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
         /* #34 TransportReleased: failed -> (internal) */
-        row = 171;
+        row = 178;
         note_released()
      :: ev == E_SendRequested ->
         /* #3 SendRequested: failed -> (internal) */
-        row = 172;
+        row = 179;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 173  /* ignored: an explicit no-op */
+        row = 180  /* ignored: an explicit no-op */
+     :: ev == E_Crashed ->
+        row = 181  /* ignored: an explicit no-op */
      :: ev == E_DeadlineReached ->
-        /* #35 DeadlineReached: failed -> (internal) */
-        row = 174
+        /* #36 DeadlineReached: failed -> (internal) */
+        row = 182
      :: ev == E_SilenceNoticed ->
-        row = 175  /* ignored: an explicit no-op */
+        row = 183  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 176  /* ignored: an explicit no-op */
+        row = 184  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 177  /* ignored: an explicit no-op */
+        row = 185  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        row = 178  /* ignored: an explicit no-op */
+        row = 186  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 179  /* ignored: an explicit no-op */
+        row = 187  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   fi

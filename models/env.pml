@@ -349,5 +349,7 @@ end_user:
   :: atomic { REPORT && !calm -> ev = E_SendRequested; INVARIANTS }
   :: atomic { REPORT && !calm -> ev = E_CloseRequested; INVARIANTS }
   :: atomic { REPORT && !calm && HAS_USER_CUSTOM -> user_custom_event(); INVARIANTS }
+  /* the core raised on a driver's report (a callback's bug): the driver fails the link */
+  :: atomic { REPORT && !calm && HAS_CRASH -> crash_event(); fatal_given = 1; INVARIANTS }
   od
 }

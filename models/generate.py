@@ -263,9 +263,11 @@ class _Generator:
         custom_user = [e for e in self.events if roles[e].role == "user" and e not in builtin_user]
         ok = [e for e in self.events if roles[e].role == "reply" and not roles[e].fatal]
         fatal = [e for e in self.events if roles[e].role == "reply" and roles[e].fatal]
+        crash = [e for e in self.events if roles[e].role == "crash"]
         for macro, inline, names in (("HAS_USER_CUSTOM", "user_custom_event", custom_user),
                                      ("HAS_REPLY_OK", "reply_ok_event", ok),
-                                     ("HAS_REPLY_FATAL", "reply_fatal_event", fatal)):
+                                     ("HAS_REPLY_FATAL", "reply_fatal_event", fatal),
+                                     ("HAS_CRASH", "crash_event", crash)):
             self.emit(f"#define {macro} {1 if names else 0}")
             choices = " ".join(f":: ev = {_event(n)}" for n in names) or ":: skip"
             self.emit(f"inline {inline}() {{ if {choices} fi }}")

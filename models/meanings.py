@@ -38,7 +38,7 @@ __all__ = [
     "Meanings",
 ]
 
-Role = Literal["user", "peer", "driver", "timer", "skipped", "reply"]
+Role = Literal["user", "peer", "driver", "timer", "skipped", "reply", "crash"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class EventMeaning:
     ``reply``: the driver's answer to an action a row emitted (``emit(...)``), given only
     while that action is outstanding on the current transport; ``fatal`` replies (a
     rejection) are never given by a healthy server, so liveness does not expect them.
+    ``crash``: the driver's report that the core raised on an event (a bug in a spec's
+    callback): it may come at any moment before calm and ends the link, so liveness does
+    not expect recovery after it either.
     """
 
     role: Role
@@ -281,6 +284,8 @@ _EVENTS = {
     "TimerFiredLate": EventMeaning("timer", "a heartbeat deadline noticed late"),
     "BackoffElapsed": EventMeaning("timer", "backoff delay over"),
     "HandshakeTimedOut": EventMeaning("timer", "handshake deadline passed"),
+    "Crashed": EventMeaning(
+        "crash", "the core raised on a driver's report; the driver fails the link"),
     "DeadlineReached": EventMeaning(
         "skipped", "handle() fires the due deadlines itself and never triggers it"),
     # -- fsm/examples/authenticating.py --------------------------------------------------

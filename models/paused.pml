@@ -31,15 +31,16 @@
 #define E_TransportReleased 11
 #define E_SendRequested 12
 #define E_CloseRequested 13
-#define E_DeadlineReached 14
-#define E_SilenceNoticed 15
-#define E_ProbeUnanswered 16
-#define E_TimerFiredLate 17
-#define E_BackoffElapsed 18
-#define E_HandshakeTimedOut 19
-#define E_PauseRequested 20
-#define E_ResumeRequested 21
-#define N_EVENTS 21
+#define E_Crashed 14
+#define E_DeadlineReached 15
+#define E_SilenceNoticed 16
+#define E_ProbeUnanswered 17
+#define E_TimerFiredLate 18
+#define E_BackoffElapsed 19
+#define E_HandshakeTimedOut 20
+#define E_PauseRequested 21
+#define E_ResumeRequested 22
+#define N_EVENTS 22
 
 /* -- tags (fsm.states.Tags): the generic properties read these --------- */
 #define LIVE(s) ((s) == S_online || (s) == S_waiting)
@@ -59,6 +60,8 @@ inline user_custom_event() { if :: ev = E_PauseRequested :: ev = E_ResumeRequest
 inline reply_ok_event() { if :: skip fi }
 #define HAS_REPLY_FATAL 0
 inline reply_fatal_event() { if :: skip fi }
+#define HAS_CRASH 1
+inline crash_event() { if :: ev = E_Crashed fi }
 
 /* -- the core's abstract variables (models/meanings.py) ------------------ */
 #define TP_NONE    0   /* Lifecycle._transport: none */
@@ -265,7 +268,7 @@ inline handle_event() {
   :: st == S_idle ->
      if
      :: ev == E_Started ->
-        /* #9 Started: idle -> connecting */
+        /* #10 Started: idle -> connecting */
         row = 1;
         st = S_connecting;
         open_transport()
@@ -290,749 +293,795 @@ inline handle_event() {
      :: ev == E_TransportReleased ->
         row = 11  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: idle -> (internal) */
+        /* #12 SendRequested: idle -> (internal) */
         row = 12;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: idle -> closed */
+        /* #11 CloseRequested: idle -> closed */
         row = 13;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: idle -> failed */
+        row = 14;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: idle -> (internal) */
-        row = 14
+        /* #46 DeadlineReached: idle -> (internal) */
+        row = 15
      :: ev == E_SilenceNoticed ->
-        row = 15  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
         row = 16  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
+     :: ev == E_ProbeUnanswered ->
         row = 17  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_TimerFiredLate ->
         row = 18  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
+     :: ev == E_BackoffElapsed ->
         row = 19  /* ignored: an explicit no-op */
-     :: ev == E_PauseRequested ->
+     :: ev == E_HandshakeTimedOut ->
         row = 20  /* ignored: an explicit no-op */
-     :: ev == E_ResumeRequested ->
+     :: ev == E_PauseRequested ->
         row = 21  /* ignored: an explicit no-op */
+     :: ev == E_ResumeRequested ->
+        row = 22  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_connecting ->
      if
      :: ev == E_Started ->
-        row = 22  /* ignored: an explicit no-op */
+        row = 23  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: (holds_transport) && !(is_dialing) ->
-           /* #13 Connected: connecting -> (internal) [holds_transport] unless [is_dialing] */
-           row = 23
+           /* #14 Connected: connecting -> (internal) [holds_transport] unless [is_dialing] */
+           row = 24
         :: !((holds_transport) && !(is_dialing)) && !(is_dialing) ->
-           /* #14 Connected: connecting -> (internal) unless [is_dialing] */
-           row = 24;
+           /* #15 Connected: connecting -> (internal) unless [is_dialing] */
+           row = 25;
            drop_stray_transport()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && (is_resumed) ->
-           /* #15 Connected: connecting -> online [is_resumed] */
-           row = 25;
+           /* #16 Connected: connecting -> online [is_resumed] */
+           row = 26;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && !((is_resumed)) ->
-           /* #16 Connected: connecting -> (internal) */
-           row = 26;
+           /* #17 Connected: connecting -> (internal) */
+           row = 27;
            start_rebuild()
         fi
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
-           /* #19 ConnectFailed: connecting -> failed [is_dialing and gives_up] */
-           row = 27;
+           /* #20 ConnectFailed: connecting -> failed [is_dialing and gives_up] */
+           row = 28;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_dialing) && (gives_up)) && (is_dialing) ->
-           /* #20 ConnectFailed: connecting -> recovering [is_dialing] */
-           row = 28;
+           /* #21 ConnectFailed: connecting -> recovering [is_dialing] */
+           row = 29;
            count_failure();
            st = S_recovering;
            schedule_retry()
         :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
-           /* #21 ConnectFailed: connecting -> (internal) */
-           row = 29
+           /* #22 ConnectFailed: connecting -> (internal) */
+           row = 30
         fi
      :: ev == E_Rebuilt ->
         if
         :: (is_rebuilding) ->
-           /* #17 Rebuilt: connecting -> online [is_rebuilding] */
-           row = 30;
+           /* #18 Rebuilt: connecting -> online [is_rebuilding] */
+           row = 31;
            finish_rebuild();
            st = S_online;
            flush_outbox()
         :: !((is_rebuilding)) ->
-           /* #18 Rebuilt: connecting -> (internal) */
-           row = 31
+           /* #19 Rebuilt: connecting -> (internal) */
+           row = 32
         fi
      :: ev == E_RebuildFailed ->
         if
         :: (is_rebuilding) && (gives_up) ->
-           /* #24 RebuildFailed: connecting -> failed [is_rebuilding and gives_up] */
-           row = 32;
+           /* #25 RebuildFailed: connecting -> failed [is_rebuilding and gives_up] */
+           row = 33;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
-           /* #25 RebuildFailed: connecting -> stale [is_rebuilding] */
-           row = 33;
+           /* #26 RebuildFailed: connecting -> stale [is_rebuilding] */
+           row = 34;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
-           /* #26 RebuildFailed: connecting -> (internal) */
-           row = 34
+           /* #27 RebuildFailed: connecting -> (internal) */
+           row = 35
         fi
      :: ev == E_MessageReceived ->
-        /* #29 MessageReceived: connecting -> (internal) */
-        row = 35;
+        /* #30 MessageReceived: connecting -> (internal) */
+        row = 36;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #31 PongReceived: connecting -> (internal) */
-        row = 36;
+        /* #32 PongReceived: connecting -> (internal) */
+        row = 37;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #32 MessagesWritten: connecting -> (internal) */
-        row = 37;
+        /* #33 MessagesWritten: connecting -> (internal) */
+        row = 38;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #33 MessagesAcked: connecting -> (internal) */
-        row = 38;
+        /* #34 MessagesAcked: connecting -> (internal) */
+        row = 39;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #39 TransportLost: connecting -> (internal) unless [holds_transport] */
-           row = 39
+           /* #40 TransportLost: connecting -> (internal) unless [holds_transport] */
+           row = 40
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #40 TransportLost: connecting -> failed [gives_up] */
-           row = 40;
+           /* #41 TransportLost: connecting -> failed [gives_up] */
+           row = 41;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #41 TransportLost: connecting -> stale */
-           row = 41;
+           /* #42 TransportLost: connecting -> stale */
+           row = 42;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        /* #43 TransportReleased: connecting -> (internal) */
-        row = 42;
+        /* #44 TransportReleased: connecting -> (internal) */
+        row = 43;
         note_released()
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: connecting -> (internal) */
-        row = 43;
+        /* #12 SendRequested: connecting -> (internal) */
+        row = 44;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: connecting -> closed */
-        row = 44;
+        /* #11 CloseRequested: connecting -> closed */
+        row = 45;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: connecting -> failed */
+        row = 46;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: connecting -> (internal) */
-        row = 45
+        /* #46 DeadlineReached: connecting -> (internal) */
+        row = 47
      :: ev == E_SilenceNoticed ->
-        row = 46  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 47  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
         row = 48  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
+     :: ev == E_ProbeUnanswered ->
         row = 49  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 50  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 51  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
-           /* #22 HandshakeTimedOut: connecting -> failed [gives_up] */
-           row = 50;
+           /* #23 HandshakeTimedOut: connecting -> failed [gives_up] */
+           row = 52;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #23 HandshakeTimedOut: connecting -> stale */
-           row = 51;
+           /* #24 HandshakeTimedOut: connecting -> stale */
+           row = 53;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_PauseRequested ->
-        row = 52  /* ignored: an explicit no-op */
+        row = 54  /* ignored: an explicit no-op */
      :: ev == E_ResumeRequested ->
-        row = 53  /* ignored: an explicit no-op */
+        row = 55  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_online ->
      if
      :: ev == E_Started ->
-        row = 54  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 55  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
         row = 56  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
+     :: ev == E_Connected ->
         row = 57  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_ConnectFailed ->
         row = 58  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 59  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 60  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #29 MessageReceived: online -> (internal) */
-        row = 59;
+        /* #30 MessageReceived: online -> (internal) */
+        row = 61;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #31 PongReceived: online -> (internal) */
-        row = 60;
+        /* #32 PongReceived: online -> (internal) */
+        row = 62;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #32 MessagesWritten: online -> (internal) */
-        row = 61;
+        /* #33 MessagesWritten: online -> (internal) */
+        row = 63;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #33 MessagesAcked: online -> (internal) */
-        row = 62;
+        /* #34 MessagesAcked: online -> (internal) */
+        row = 64;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #39 TransportLost: online -> (internal) unless [holds_transport] */
-           row = 63
+           /* #40 TransportLost: online -> (internal) unless [holds_transport] */
+           row = 65
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #40 TransportLost: online -> failed [gives_up] */
-           row = 64;
+           /* #41 TransportLost: online -> failed [gives_up] */
+           row = 66;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #41 TransportLost: online -> stale */
-           row = 65;
+           /* #42 TransportLost: online -> stale */
+           row = 67;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 66  /* ignored: an explicit no-op */
+        row = 68  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: online -> (internal) */
-        row = 67;
+        /* #12 SendRequested: online -> (internal) */
+        row = 69;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: online -> closed */
-        row = 68;
+        /* #11 CloseRequested: online -> closed */
+        row = 70;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: online -> failed */
+        row = 71;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: online -> (internal) */
-        row = 69
+        /* #46 DeadlineReached: online -> (internal) */
+        row = 72
      :: ev == E_SilenceNoticed ->
-        /* #34 SilenceNoticed: online -> waiting */
-        row = 70;
+        /* #35 SilenceNoticed: online -> waiting */
+        row = 73;
         st = S_waiting;
         send_probe()
      :: ev == E_ProbeUnanswered ->
-        row = 71  /* ignored: an explicit no-op */
+        row = 74  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        /* #35 TimerFiredLate: online -> waiting */
-        row = 72;
+        /* #36 TimerFiredLate: online -> waiting */
+        row = 75;
         st = S_waiting;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 73  /* ignored: an explicit no-op */
+        row = 76  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 74  /* ignored: an explicit no-op */
+        row = 77  /* ignored: an explicit no-op */
      :: ev == E_PauseRequested ->
         /* #0 PauseRequested: online -> paused */
-        row = 75;
+        row = 78;
         st = S_paused;
         abort_transport()
      :: ev == E_ResumeRequested ->
-        row = 76  /* ignored: an explicit no-op */
+        row = 79  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_waiting ->
      if
      :: ev == E_Started ->
-        row = 77  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 78  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 79  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
         row = 80  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
+     :: ev == E_Connected ->
         row = 81  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 82  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 83  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 84  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #28 MessageReceived: waiting -> online */
-        row = 82;
+        /* #29 MessageReceived: waiting -> online */
+        row = 85;
         note_heard();
         deliver_message();
         st = S_online;
         flush_outbox()
      :: ev == E_PongReceived ->
-        /* #30 PongReceived: waiting -> online */
-        row = 83;
+        /* #31 PongReceived: waiting -> online */
+        row = 86;
         note_heard();
         st = S_online;
         flush_outbox()
      :: ev == E_MessagesWritten ->
-        /* #32 MessagesWritten: waiting -> (internal) */
-        row = 84;
+        /* #33 MessagesWritten: waiting -> (internal) */
+        row = 87;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #33 MessagesAcked: waiting -> (internal) */
-        row = 85;
+        /* #34 MessagesAcked: waiting -> (internal) */
+        row = 88;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #39 TransportLost: waiting -> (internal) unless [holds_transport] */
-           row = 86
+           /* #40 TransportLost: waiting -> (internal) unless [holds_transport] */
+           row = 89
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #40 TransportLost: waiting -> failed [gives_up] */
-           row = 87;
+           /* #41 TransportLost: waiting -> failed [gives_up] */
+           row = 90;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #41 TransportLost: waiting -> stale */
-           row = 88;
+           /* #42 TransportLost: waiting -> stale */
+           row = 91;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        row = 89  /* ignored: an explicit no-op */
+        row = 92  /* ignored: an explicit no-op */
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: waiting -> (internal) */
-        row = 90;
+        /* #12 SendRequested: waiting -> (internal) */
+        row = 93;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: waiting -> closed */
-        row = 91;
+        /* #11 CloseRequested: waiting -> closed */
+        row = 94;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: waiting -> failed */
+        row = 95;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: waiting -> (internal) */
-        row = 92
+        /* #46 DeadlineReached: waiting -> (internal) */
+        row = 96
      :: ev == E_SilenceNoticed ->
-        row = 93  /* ignored: an explicit no-op */
+        row = 97  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
         if
         :: (gives_up) ->
-           /* #37 ProbeUnanswered: waiting -> failed [gives_up] */
-           row = 94;
+           /* #38 ProbeUnanswered: waiting -> failed [gives_up] */
+           row = 98;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #38 ProbeUnanswered: waiting -> stale */
-           row = 95;
+           /* #39 ProbeUnanswered: waiting -> stale */
+           row = 99;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TimerFiredLate ->
-        /* #36 TimerFiredLate: waiting -> (internal) */
-        row = 96;
+        /* #37 TimerFiredLate: waiting -> (internal) */
+        row = 100;
         send_probe()
      :: ev == E_BackoffElapsed ->
-        row = 97  /* ignored: an explicit no-op */
+        row = 101  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 98  /* ignored: an explicit no-op */
+        row = 102  /* ignored: an explicit no-op */
      :: ev == E_PauseRequested ->
         /* #0 PauseRequested: waiting -> paused */
-        row = 99;
+        row = 103;
         st = S_paused;
         abort_transport()
      :: ev == E_ResumeRequested ->
-        row = 100  /* ignored: an explicit no-op */
+        row = 104  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_stale ->
      if
      :: ev == E_Started ->
-        row = 101  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 102  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 103  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 104  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
         row = 105  /* ignored: an explicit no-op */
+     :: ev == E_Connected ->
+        row = 106  /* ignored: an explicit no-op */
+     :: ev == E_ConnectFailed ->
+        row = 107  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 108  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 109  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #29 MessageReceived: stale -> (internal) */
-        row = 106;
+        /* #30 MessageReceived: stale -> (internal) */
+        row = 110;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        row = 107  /* ignored: an explicit no-op */
+        row = 111  /* ignored: an explicit no-op */
      :: ev == E_MessagesWritten ->
-        /* #32 MessagesWritten: stale -> (internal) */
-        row = 108;
+        /* #33 MessagesWritten: stale -> (internal) */
+        row = 112;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #33 MessagesAcked: stale -> (internal) */
-        row = 109;
+        /* #34 MessagesAcked: stale -> (internal) */
+        row = 113;
         settle_acked()
      :: ev == E_TransportLost ->
-        row = 110  /* ignored: an explicit no-op */
+        row = 114  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #42 TransportReleased: stale -> recovering */
-        row = 111;
+        /* #43 TransportReleased: stale -> recovering */
+        row = 115;
         note_released();
         st = S_recovering;
         schedule_retry()
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: stale -> (internal) */
-        row = 112;
+        /* #12 SendRequested: stale -> (internal) */
+        row = 116;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: stale -> closed */
-        row = 113;
+        /* #11 CloseRequested: stale -> closed */
+        row = 117;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: stale -> failed */
+        row = 118;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: stale -> (internal) */
-        row = 114
+        /* #46 DeadlineReached: stale -> (internal) */
+        row = 119
      :: ev == E_SilenceNoticed ->
-        row = 115  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 116  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 117  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 118  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
-        row = 119  /* ignored: an explicit no-op */
-     :: ev == E_PauseRequested ->
         row = 120  /* ignored: an explicit no-op */
-     :: ev == E_ResumeRequested ->
+     :: ev == E_ProbeUnanswered ->
         row = 121  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 122  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 123  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 124  /* ignored: an explicit no-op */
+     :: ev == E_PauseRequested ->
+        row = 125  /* ignored: an explicit no-op */
+     :: ev == E_ResumeRequested ->
+        row = 126  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_recovering ->
      if
      :: ev == E_Started ->
-        row = 122  /* ignored: an explicit no-op */
+        row = 127  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
         if
         :: (holds_transport) && !(is_dialing) ->
-           /* #13 Connected: recovering -> (internal) [holds_transport] unless [is_dialing] */
-           row = 123
+           /* #14 Connected: recovering -> (internal) [holds_transport] unless [is_dialing] */
+           row = 128
         :: !((holds_transport) && !(is_dialing)) && !(is_dialing) ->
-           /* #14 Connected: recovering -> (internal) unless [is_dialing] */
-           row = 124;
+           /* #15 Connected: recovering -> (internal) unless [is_dialing] */
+           row = 129;
            drop_stray_transport()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && (is_resumed) ->
-           /* #15 Connected: recovering -> online [is_resumed] */
-           row = 125;
+           /* #16 Connected: recovering -> online [is_resumed] */
+           row = 130;
            resume_session();
            st = S_online;
            flush_outbox()
         :: !((holds_transport) && !(is_dialing)) && !(!(is_dialing)) && !((is_resumed)) ->
-           /* #16 Connected: recovering -> (internal) */
-           row = 126;
+           /* #17 Connected: recovering -> (internal) */
+           row = 131;
            start_rebuild()
         fi
      :: ev == E_ConnectFailed ->
         if
         :: (is_dialing) && (gives_up) ->
-           /* #19 ConnectFailed: recovering -> failed [is_dialing and gives_up] */
-           row = 127;
-           count_failure();
-           st = S_failed;
-           release_everything()
-        :: !((is_dialing) && (gives_up)) && (is_dialing) ->
-           /* #20 ConnectFailed: recovering -> recovering [is_dialing] */
-           row = 128;
-           count_failure();
-           st = S_recovering;
-           schedule_retry()
-        :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
-           /* #21 ConnectFailed: recovering -> (internal) */
-           row = 129
-        fi
-     :: ev == E_Rebuilt ->
-        if
-        :: (is_rebuilding) ->
-           /* #17 Rebuilt: recovering -> online [is_rebuilding] */
-           row = 130;
-           finish_rebuild();
-           st = S_online;
-           flush_outbox()
-        :: !((is_rebuilding)) ->
-           /* #18 Rebuilt: recovering -> (internal) */
-           row = 131
-        fi
-     :: ev == E_RebuildFailed ->
-        if
-        :: (is_rebuilding) && (gives_up) ->
-           /* #24 RebuildFailed: recovering -> failed [is_rebuilding and gives_up] */
+           /* #20 ConnectFailed: recovering -> failed [is_dialing and gives_up] */
            row = 132;
            count_failure();
            st = S_failed;
            release_everything()
-        :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
-           /* #25 RebuildFailed: recovering -> stale [is_rebuilding] */
+        :: !((is_dialing) && (gives_up)) && (is_dialing) ->
+           /* #21 ConnectFailed: recovering -> recovering [is_dialing] */
            row = 133;
+           count_failure();
+           st = S_recovering;
+           schedule_retry()
+        :: !((is_dialing) && (gives_up)) && !((is_dialing)) ->
+           /* #22 ConnectFailed: recovering -> (internal) */
+           row = 134
+        fi
+     :: ev == E_Rebuilt ->
+        if
+        :: (is_rebuilding) ->
+           /* #18 Rebuilt: recovering -> online [is_rebuilding] */
+           row = 135;
+           finish_rebuild();
+           st = S_online;
+           flush_outbox()
+        :: !((is_rebuilding)) ->
+           /* #19 Rebuilt: recovering -> (internal) */
+           row = 136
+        fi
+     :: ev == E_RebuildFailed ->
+        if
+        :: (is_rebuilding) && (gives_up) ->
+           /* #25 RebuildFailed: recovering -> failed [is_rebuilding and gives_up] */
+           row = 137;
+           count_failure();
+           st = S_failed;
+           release_everything()
+        :: !((is_rebuilding) && (gives_up)) && (is_rebuilding) ->
+           /* #26 RebuildFailed: recovering -> stale [is_rebuilding] */
+           row = 138;
            count_failure();
            st = S_stale;
            abort_transport()
         :: !((is_rebuilding) && (gives_up)) && !((is_rebuilding)) ->
-           /* #26 RebuildFailed: recovering -> (internal) */
-           row = 134
+           /* #27 RebuildFailed: recovering -> (internal) */
+           row = 139
         fi
      :: ev == E_MessageReceived ->
-        /* #29 MessageReceived: recovering -> (internal) */
-        row = 135;
+        /* #30 MessageReceived: recovering -> (internal) */
+        row = 140;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        /* #31 PongReceived: recovering -> (internal) */
-        row = 136;
+        /* #32 PongReceived: recovering -> (internal) */
+        row = 141;
         note_heard()
      :: ev == E_MessagesWritten ->
-        /* #32 MessagesWritten: recovering -> (internal) */
-        row = 137;
+        /* #33 MessagesWritten: recovering -> (internal) */
+        row = 142;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #33 MessagesAcked: recovering -> (internal) */
-        row = 138;
+        /* #34 MessagesAcked: recovering -> (internal) */
+        row = 143;
         settle_acked()
      :: ev == E_TransportLost ->
         if
         :: !(holds_transport) ->
-           /* #39 TransportLost: recovering -> (internal) unless [holds_transport] */
-           row = 139
+           /* #40 TransportLost: recovering -> (internal) unless [holds_transport] */
+           row = 144
         :: !(!(holds_transport)) && (gives_up) ->
-           /* #40 TransportLost: recovering -> failed [gives_up] */
-           row = 140;
+           /* #41 TransportLost: recovering -> failed [gives_up] */
+           row = 145;
            count_failure();
            st = S_failed;
            release_everything()
         :: !(!(holds_transport)) && !((gives_up)) ->
-           /* #41 TransportLost: recovering -> stale */
-           row = 141;
+           /* #42 TransportLost: recovering -> stale */
+           row = 146;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_TransportReleased ->
-        /* #43 TransportReleased: recovering -> (internal) */
-        row = 142;
+        /* #44 TransportReleased: recovering -> (internal) */
+        row = 147;
         note_released()
      :: ev == E_SendRequested ->
-        /* #11 SendRequested: recovering -> (internal) */
-        row = 143;
+        /* #12 SendRequested: recovering -> (internal) */
+        row = 148;
         accept_message()
      :: ev == E_CloseRequested ->
-        /* #10 CloseRequested: recovering -> closed */
-        row = 144;
+        /* #11 CloseRequested: recovering -> closed */
+        row = 149;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #45 Crashed: recovering -> failed */
+        row = 150;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: recovering -> (internal) */
-        row = 145
+        /* #46 DeadlineReached: recovering -> (internal) */
+        row = 151
      :: ev == E_SilenceNoticed ->
-        row = 146  /* ignored: an explicit no-op */
+        row = 152  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 147  /* ignored: an explicit no-op */
+        row = 153  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 148  /* ignored: an explicit no-op */
+        row = 154  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        /* #27 BackoffElapsed: recovering -> (internal) */
-        row = 149;
+        /* #28 BackoffElapsed: recovering -> (internal) */
+        row = 155;
         open_transport()
      :: ev == E_HandshakeTimedOut ->
         if
         :: (gives_up) ->
-           /* #22 HandshakeTimedOut: recovering -> failed [gives_up] */
-           row = 150;
+           /* #23 HandshakeTimedOut: recovering -> failed [gives_up] */
+           row = 156;
            count_failure();
            st = S_failed;
            release_everything()
         :: !((gives_up)) ->
-           /* #23 HandshakeTimedOut: recovering -> stale */
-           row = 151;
+           /* #24 HandshakeTimedOut: recovering -> stale */
+           row = 157;
            count_failure();
            st = S_stale;
            abort_transport()
         fi
      :: ev == E_PauseRequested ->
-        row = 152  /* ignored: an explicit no-op */
+        row = 158  /* ignored: an explicit no-op */
      :: ev == E_ResumeRequested ->
-        row = 153  /* ignored: an explicit no-op */
+        row = 159  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_closed ->
      if
      :: ev == E_Started ->
-        row = 154  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 155  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 156  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 157  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 158  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 159  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
         row = 160  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
+     :: ev == E_Connected ->
         row = 161  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_ConnectFailed ->
         row = 162  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_Rebuilt ->
         row = 163  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 164  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 165  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 166  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 167  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 168  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 169  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #43 TransportReleased: closed -> (internal) */
-        row = 164;
+        /* #44 TransportReleased: closed -> (internal) */
+        row = 170;
         note_released()
      :: ev == E_SendRequested ->
-        /* #12 SendRequested: closed -> (internal) */
-        row = 165;
+        /* #13 SendRequested: closed -> (internal) */
+        row = 171;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 166  /* ignored: an explicit no-op */
-     :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: closed -> (internal) */
-        row = 167
-     :: ev == E_SilenceNoticed ->
-        row = 168  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 169  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 170  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 171  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
         row = 172  /* ignored: an explicit no-op */
-     :: ev == E_PauseRequested ->
+     :: ev == E_Crashed ->
         row = 173  /* ignored: an explicit no-op */
+     :: ev == E_DeadlineReached ->
+        /* #46 DeadlineReached: closed -> (internal) */
+        row = 174
+     :: ev == E_SilenceNoticed ->
+        row = 175  /* ignored: an explicit no-op */
+     :: ev == E_ProbeUnanswered ->
+        row = 176  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 177  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 178  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 179  /* ignored: an explicit no-op */
+     :: ev == E_PauseRequested ->
+        row = 180  /* ignored: an explicit no-op */
      :: ev == E_ResumeRequested ->
-        row = 174  /* ignored: an explicit no-op */
+        row = 181  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_failed ->
      if
      :: ev == E_Started ->
-        row = 175  /* ignored: an explicit no-op */
-     :: ev == E_Connected ->
-        row = 176  /* ignored: an explicit no-op */
-     :: ev == E_ConnectFailed ->
-        row = 177  /* ignored: an explicit no-op */
-     :: ev == E_Rebuilt ->
-        row = 178  /* ignored: an explicit no-op */
-     :: ev == E_RebuildFailed ->
-        row = 179  /* ignored: an explicit no-op */
-     :: ev == E_MessageReceived ->
-        row = 180  /* ignored: an explicit no-op */
-     :: ev == E_PongReceived ->
-        row = 181  /* ignored: an explicit no-op */
-     :: ev == E_MessagesWritten ->
         row = 182  /* ignored: an explicit no-op */
-     :: ev == E_MessagesAcked ->
+     :: ev == E_Connected ->
         row = 183  /* ignored: an explicit no-op */
-     :: ev == E_TransportLost ->
+     :: ev == E_ConnectFailed ->
         row = 184  /* ignored: an explicit no-op */
+     :: ev == E_Rebuilt ->
+        row = 185  /* ignored: an explicit no-op */
+     :: ev == E_RebuildFailed ->
+        row = 186  /* ignored: an explicit no-op */
+     :: ev == E_MessageReceived ->
+        row = 187  /* ignored: an explicit no-op */
+     :: ev == E_PongReceived ->
+        row = 188  /* ignored: an explicit no-op */
+     :: ev == E_MessagesWritten ->
+        row = 189  /* ignored: an explicit no-op */
+     :: ev == E_MessagesAcked ->
+        row = 190  /* ignored: an explicit no-op */
+     :: ev == E_TransportLost ->
+        row = 191  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #43 TransportReleased: failed -> (internal) */
-        row = 185;
+        /* #44 TransportReleased: failed -> (internal) */
+        row = 192;
         note_released()
      :: ev == E_SendRequested ->
-        /* #12 SendRequested: failed -> (internal) */
-        row = 186;
+        /* #13 SendRequested: failed -> (internal) */
+        row = 193;
         refuse_message()
      :: ev == E_CloseRequested ->
-        row = 187  /* ignored: an explicit no-op */
-     :: ev == E_DeadlineReached ->
-        /* #44 DeadlineReached: failed -> (internal) */
-        row = 188
-     :: ev == E_SilenceNoticed ->
-        row = 189  /* ignored: an explicit no-op */
-     :: ev == E_ProbeUnanswered ->
-        row = 190  /* ignored: an explicit no-op */
-     :: ev == E_TimerFiredLate ->
-        row = 191  /* ignored: an explicit no-op */
-     :: ev == E_BackoffElapsed ->
-        row = 192  /* ignored: an explicit no-op */
-     :: ev == E_HandshakeTimedOut ->
-        row = 193  /* ignored: an explicit no-op */
-     :: ev == E_PauseRequested ->
         row = 194  /* ignored: an explicit no-op */
-     :: ev == E_ResumeRequested ->
+     :: ev == E_Crashed ->
         row = 195  /* ignored: an explicit no-op */
+     :: ev == E_DeadlineReached ->
+        /* #46 DeadlineReached: failed -> (internal) */
+        row = 196
+     :: ev == E_SilenceNoticed ->
+        row = 197  /* ignored: an explicit no-op */
+     :: ev == E_ProbeUnanswered ->
+        row = 198  /* ignored: an explicit no-op */
+     :: ev == E_TimerFiredLate ->
+        row = 199  /* ignored: an explicit no-op */
+     :: ev == E_BackoffElapsed ->
+        row = 200  /* ignored: an explicit no-op */
+     :: ev == E_HandshakeTimedOut ->
+        row = 201  /* ignored: an explicit no-op */
+     :: ev == E_PauseRequested ->
+        row = 202  /* ignored: an explicit no-op */
+     :: ev == E_ResumeRequested ->
+        row = 203  /* ignored: an explicit no-op */
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */
      fi
   :: st == S_paused ->
      if
      :: ev == E_Started ->
-        row = 196  /* ignored: an explicit no-op */
+        row = 204  /* ignored: an explicit no-op */
      :: ev == E_Connected ->
-        row = 197  /* ignored: an explicit no-op */
+        row = 205  /* ignored: an explicit no-op */
      :: ev == E_ConnectFailed ->
-        row = 198  /* ignored: an explicit no-op */
+        row = 206  /* ignored: an explicit no-op */
      :: ev == E_Rebuilt ->
-        row = 199  /* ignored: an explicit no-op */
+        row = 207  /* ignored: an explicit no-op */
      :: ev == E_RebuildFailed ->
-        row = 200  /* ignored: an explicit no-op */
+        row = 208  /* ignored: an explicit no-op */
      :: ev == E_MessageReceived ->
-        /* #5 MessageReceived: paused -> (internal) */
-        row = 201;
+        /* #6 MessageReceived: paused -> (internal) */
+        row = 209;
         note_heard();
         deliver_message()
      :: ev == E_PongReceived ->
-        row = 202  /* ignored: an explicit no-op */
+        row = 210  /* ignored: an explicit no-op */
      :: ev == E_MessagesWritten ->
-        /* #6 MessagesWritten: paused -> (internal) */
-        row = 203;
+        /* #7 MessagesWritten: paused -> (internal) */
+        row = 211;
         settle_written()
      :: ev == E_MessagesAcked ->
-        /* #7 MessagesAcked: paused -> (internal) */
-        row = 204;
+        /* #8 MessagesAcked: paused -> (internal) */
+        row = 212;
         settle_acked()
      :: ev == E_TransportLost ->
-        row = 205  /* ignored: an explicit no-op */
+        row = 213  /* ignored: an explicit no-op */
      :: ev == E_TransportReleased ->
-        /* #4 TransportReleased: paused -> (internal) */
-        row = 206;
+        /* #5 TransportReleased: paused -> (internal) */
+        row = 214;
         note_released()
      :: ev == E_SendRequested ->
-        /* #3 SendRequested: paused -> (internal) */
-        row = 207;
+        /* #4 SendRequested: paused -> (internal) */
+        row = 215;
         accept_message()
      :: ev == E_CloseRequested ->
         /* #2 CloseRequested: paused -> closed */
-        row = 208;
+        row = 216;
         st = S_closed;
         release_everything()
+     :: ev == E_Crashed ->
+        /* #3 Crashed: paused -> failed */
+        row = 217;
+        count_failure();
+        st = S_failed;
+        release_everything()
      :: ev == E_DeadlineReached ->
-        /* #8 DeadlineReached: paused -> (internal) */
-        row = 209
+        /* #9 DeadlineReached: paused -> (internal) */
+        row = 218
      :: ev == E_SilenceNoticed ->
-        row = 210  /* ignored: an explicit no-op */
+        row = 219  /* ignored: an explicit no-op */
      :: ev == E_ProbeUnanswered ->
-        row = 211  /* ignored: an explicit no-op */
+        row = 220  /* ignored: an explicit no-op */
      :: ev == E_TimerFiredLate ->
-        row = 212  /* ignored: an explicit no-op */
+        row = 221  /* ignored: an explicit no-op */
      :: ev == E_BackoffElapsed ->
-        row = 213  /* ignored: an explicit no-op */
+        row = 222  /* ignored: an explicit no-op */
      :: ev == E_HandshakeTimedOut ->
-        row = 214  /* ignored: an explicit no-op */
+        row = 223  /* ignored: an explicit no-op */
      :: ev == E_PauseRequested ->
-        row = 215  /* ignored: an explicit no-op */
+        row = 224  /* ignored: an explicit no-op */
      :: ev == E_ResumeRequested ->
         /* #1 ResumeRequested: paused -> recovering */
-        row = 216;
+        row = 225;
         st = S_recovering;
         schedule_retry()
      :: else -> no_outcome = 1  /* neither a row nor IGNORED */

@@ -62,6 +62,8 @@ _TRANSITIONS: list[Row] = [
     {"trigger": "PauseRequested", "source": _LIVE, "dest": PAUSED},
     {"trigger": "ResumeRequested", "source": PAUSED, "dest": State.RECOVERING},
     {"trigger": "CloseRequested", "source": PAUSED, "dest": State.CLOSED},
+    {"trigger": "Crashed", "source": PAUSED, "dest": State.FAILED,
+     "before": "count_failure"},  # as every active state: a corrupt link fails
     {"trigger": "SendRequested", "source": PAUSED, "dest": None, "after": "accept_message"},
     {"trigger": "TransportReleased", "source": PAUSED, "dest": None, "after": "note_released"},
     # what the aborted transport still delivers is delivered rather than lost, as in stale
