@@ -3,6 +3,10 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The stand-in AgentScope Studio (tests/studio, Node): its npm dependencies, when node is
+# here. Without node the tests that need it skip and say why.
+STUDIO  := tests/studio
+NPMSTAMP := $(STUDIO)/node_modules/.installed
 
 .PHONY: all test check demo bench verify diagram clean
 
@@ -14,7 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+$(NPMSTAMP): $(STUDIO)/package.json $(STUDIO)/package-lock.json
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		cd $(STUDIO) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "make: node/npm not found: the stand-in Studio tests will be skipped" >&2; \
+	fi
+
+test: $(STAMP) $(NPMSTAMP)
 	$(BIN)/pytest -q
 
 check: $(STAMP)
@@ -35,4 +46,4 @@ verify: $(STAMP)
 	@exit 1
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(STUDIO)/node_modules
