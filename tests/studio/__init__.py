@@ -140,9 +140,13 @@ class NodeStudio:
             await asyncio.sleep(0.05)
 
     async def _spawn(self, deadline: float) -> str:
-        process = await asyncio.create_subprocess_exec(
-            *self._command(), cwd=HERE, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        # STUDIO_TRACE=FILE: studio.js traces connects, disconnects, wipes, requests and
+        # answers there (for debugging a scenario); otherwise its stderr goes nowhere.
+        trace = os.environ.get("STUDIO_TRACE")
+        with open(trace or os.devnull, "ab") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(), cwd=HERE, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr)
         self._process = process
         _LIVE[process.pid] = process
         self._lines = asyncio.Queue(256)

@@ -9,7 +9,8 @@
 // the /python namespace (auth {run_id}; on ANY disconnect the run's input requests are
 // deleted and the run is marked done); the /client namespace (sendUserInputToServer
 // deletes the request, sets the run running and broadcasts forwardUserInput(requestId,
-// blocksInput, structuredInput) to the whole /python namespace: no room, no ack);
+// blocksInput, structuredInput) to the whole /python namespace: no room, no ack;
+// deleteRuns, as the UI's delete button);
 // state on disk, so it survives SIGKILL; SIGTERM/SIGINT close socket.io first, so every
 // /python disconnect handler runs (the graceful restart wipes pending requests); at
 // start, runs whose pid is gone are marked done and their requests deleted; a busy port
@@ -24,7 +25,8 @@
 // Prints "listening PORT" once it accepts connections. Commands on stdin, one a line,
 // each answered "ok CMD" on stdout: "close-all CODE" (close every WebSocket with CODE),
 // "stop" (stop listening; open connections stay), "start" (listen again), "kick"
-// (server-side namespace disconnect of every socket), "raw TEXT" (send TEXT as a raw
+// (server-side namespace disconnect of every socket), "wipe RUN" (what a late /python
+// disconnect of an old socket of RUN does), "raw TEXT" (send TEXT as a raw
 // WebSocket frame to every connection), "emit EVENT JSON-ARGS" (to every socket of the
 // mode's namespace), "ask EVENT JSON-ARGS" (the same, asking for an ack; each answer is
 // printed as "answered JSON-ARGS").
@@ -161,6 +163,7 @@ const router = t.router({
         }))
         .mutation(({ input }) => {
             counted('requestUserInput');
+            trace(`requestUserInput ${input.requestId}`);
             if (!state.runs[input.runId]) {
                 throw new TRPCError({ code: 'BAD_REQUEST',
                     message: `Run with id ${input.runId} does not exist` });
@@ -229,16 +232,25 @@ function onRequest(req, res) {
 
 // -- socket.io, as packages/server/src/trpc/socket.ts -----------------------------------
 
+// The /python disconnect handler: InputRequestDao.deleteInputRequestsByRunId, then the
+// run is "done". Per run, not per socket: any socket of the run wipes them all.
+function trace(what) {
+    if (process.env.STUDIO_TRACE) process.stderr.write(`${Date.now() % 100000} ${what}\n`);
+}
+
+function wipeRun(runId) {
+    trace(`wipe ${runId}: ${inputRequestsOf(runId).map((r) => r.requestId)}`);
+    for (const request of inputRequestsOf(runId)) delete state.inputRequests[request.requestId];
+    save();
+    changeRunStatus(runId, Status.DONE);
+}
+
 function studioNamespaces() {
     const python = io.of('/python');
     python.on('connection', (socket) => {
         const runId = socket.handshake.auth.run_id;
-        socket.on('disconnect', () => {
-            // InputRequestDao.deleteInputRequestsByRunId, then the run is "done".
-            for (const request of inputRequestsOf(runId)) delete state.inputRequests[request.requestId];
-            save();
-            changeRunStatus(runId, Status.DONE);
-        });
+        trace(`connect ${runId} ${socket.id}`);
+        socket.on('disconnect', (reason) => { trace(`disconnect ${socket.id} ${reason}`); wipeRun(runId); });
     });
 
     const client = io.of('/client');
@@ -253,8 +265,22 @@ function studioNamespaces() {
             socket.emit('pushRunData', run);
             socket.emit('pushInputRequests', inputRequestsOf(runId));
         });
+        socket.on('deleteRuns', (runIds, callback) => {
+            let deleted = 0;
+            for (const runId of runIds) {
+                if (!state.runs[runId]) continue;
+                delete state.runs[runId];  // cascades, as the Studio's foreign keys do
+                for (const request of inputRequestsOf(runId)) delete state.inputRequests[request.requestId];
+                deleted++;
+            }
+            save();
+            if (typeof callback === 'function') {
+                callback({ success: deleted === runIds.length, message: `Deleted ${deleted} runs` });
+            }
+        });
         socket.on('sendUserInputToServer', (requestId, blocksInput, structuredInput, callback) => {
             const request = state.inputRequests[requestId];
+            trace(`answer ${requestId} ${request ? 'found' : 'missing'}`);
             if (!request) {
                 if (typeof callback === 'function') {
                     callback({ success: false, message: `Input request ${requestId} not found` });
@@ -350,6 +376,8 @@ function command(line) {
     } else if (name === 'start') {
         listen(currentPort).then(() => process.stdout.write('ok start\n'));
         return;
+    } else if (name === 'wipe') {
+        wipeRun(argument);
     } else if (name === 'kick') {
         for (const socket of io.of(namespace).sockets.values()) socket.disconnect();
     } else if (name === 'raw') {
