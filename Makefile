@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 STUDIO  := tests/studio
 NPMSTAMP := $(STUDIO)/node_modules/.installed
 
-.PHONY: all test check demo bench verify diagram clean
+.PHONY: all test check demo demo-agentscope bench verify diagram clean
 
 all: check test
 
@@ -37,6 +37,9 @@ diagram: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tether demo
+
+demo-agentscope: $(STAMP) $(NPMSTAMP)
+	$(BIN)/tether demo agentscope
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -7,7 +7,8 @@ import pytest
 from adapters.cli import main
 
 
-@pytest.mark.parametrize(("command", "option"), [("proxy", "--upstream"), ("demo", "usage")])
+@pytest.mark.parametrize(("command", "option"), [("proxy", "--upstream"), ("demo", "usage"),
+                                                ("demo", "agentscope")])
 def test_delegated_subcommands_receive_their_options(
         command: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
