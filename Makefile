@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 STUDIO  := tests/studio
 NPMSTAMP := $(STUDIO)/node_modules/.installed
 
-.PHONY: all test check demo demo-agentscope bench verify diagram clean
+.PHONY: all test test-agentscope check demo demo-agentscope bench verify diagram clean
 
 all: check test
 
@@ -27,6 +27,18 @@ $(NPMSTAMP): $(STUDIO)/package.json $(STUDIO)/package-lock.json
 
 test: $(STAMP) $(NPMSTAMP)
 	$(BIN)/pytest -q
+
+# The optional test through the real AgentScope package, in a virtualenv of its own (it is
+# heavy: model SDKs, OpenTelemetry, numpy); not part of `make test`.
+ASVENV  := .venv-agentscope
+$(ASVENV)/.installed: pyproject.toml
+	$(PY) -m venv $(ASVENV)
+	$(ASVENV)/bin/pip install --quiet --upgrade pip
+	$(ASVENV)/bin/pip install --quiet -e '.[dev]' 'agentscope==1.0.21'
+	touch $@
+
+test-agentscope: $(ASVENV)/.installed $(NPMSTAMP)
+	TETHER_AGENTSCOPE=1 $(ASVENV)/bin/pytest -q -p no:cacheprovider tests/test_agentscope_real.py
 
 check: $(STAMP)
 	$(BIN)/ruff check fsm adapters tests
@@ -49,4 +61,4 @@ verify: $(STAMP)
 	@exit 1
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(STUDIO)/node_modules
+	rm -rf $(VENV) $(ASVENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(STUDIO)/node_modules

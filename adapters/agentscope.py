@@ -68,6 +68,7 @@ import math
 import os
 import secrets
 import ssl as ssl_module
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,6 +112,8 @@ DEFAULT_REASSERT = 30.0
 #: The Studio's hook name in AgentScope 1.x: registering ours under it replaces theirs.
 HOOK_NAME = "as_studio_forward_message_pre_print_hook"
 NAMESPACE = "/python"
+#: Refused calls kept for :meth:`StudioClient.rejected` (older ones are only in the log).
+MAX_REJECTED = 100
 FORWARD_USER_INPUT = "forwardUserInput"
 
 
@@ -366,7 +369,7 @@ class StudioClient:
         self._ask_calls: dict[str, dict[str, Any]] = {}  # request id -> its call
         self._latest: dict[str, Any] = {}  # message id -> newest input not yet posted
         self._unsent: set[str] = set()  # message ids with a call waiting in the outbox
-        self._rejected_calls: list[Rejected] = []
+        self._rejected_calls: deque[Rejected] = deque(maxlen=MAX_REJECTED)
         self._drain: asyncio.Task[None] | None = None
         self._reasserter: asyncio.Task[None] | None = None
         self._detachers: list[Callable[[], None]] = []  # run on close (attach's undo)
@@ -387,7 +390,8 @@ class StudioClient:
         return self.socket_dialer.url
 
     def rejected(self) -> list[Rejected]:
-        """Calls the Studio refused for good (also logged as warnings)."""
+        """Calls the Studio refused for good, the last ``MAX_REJECTED`` (each is also
+        logged as a warning)."""
         return list(self._rejected_calls)
 
     def undelivered(self) -> list[Undelivered]:

@@ -161,9 +161,8 @@ class NodeStudio:
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         while line := await process.stdout.readline():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._lines.put_nowait(line.decode().strip())
-        self._lines.put_nowait("exited")
+            await self._lines.put(line.decode().strip())  # bounded: stdout waits for us
+        await self._lines.put("exited")
 
     async def command(self, line: str, timeout: float = 5.0) -> None:
         """Send a stdin command (see studio.js) and wait for its ``ok``."""
