@@ -34,7 +34,7 @@ ASVENV  := .venv-agentscope
 $(ASVENV)/.installed: pyproject.toml
 	$(PY) -m venv $(ASVENV)
 	$(ASVENV)/bin/pip install --quiet --upgrade pip
-	$(ASVENV)/bin/pip install --quiet -e '.[dev]' 'agentscope==1.0.21'
+	$(ASVENV)/bin/pip install --quiet -e '.[dev]' 'agentscope==1.0.21' 'mcp>=1.13,<2' greenlet tqdm  # what 1.0.21 imports but does not pin or declare
 	touch $@
 
 test-agentscope: $(ASVENV)/.installed $(NPMSTAMP)

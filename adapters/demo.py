@@ -296,15 +296,17 @@ async def _agentscope_demo() -> int:
             timeline.say("studio", f"restarted (pid {node.pid})")
             await _user_answers(node, tether_ask, timeline)
             tether_ok = tether_ask.done() and not tether_ask.exception()
-            if tether_ok:
-                timeline.say("tether", f"got the answer: {tether_ask.result().blocks[0]['text']!r}"
-                                       f" ({tether.registrations} registrations)")
+            timeline.say("tether", f"got the answer: {tether_ask.result().blocks[0]['text']!r}"
+                                   f" ({tether.registrations} registrations)" if tether_ok
+                         else "no answer")
             await asyncio.sleep(1.0)
             stock_stuck = not stock_ask.done()
             final = await node.state()
+            shown = [r for r in final["inputRequests"].values() if r["runId"] == "stock-run"]
             timeline.say("stock", f"still waiting; the Studio shows its run as "
-                                  f"{final['runs']['stock-run']['status']!r}, no input box,"
-                                  f" no connection" if stock_stuck else "got an answer")
+                                  f"{final['runs']['stock-run']['status']!r} and "
+                                  f"{len(shown)} input box for it" if stock_stuck
+                         else "got an answer")
         finally:
             await asyncio.to_thread(stock.abandon)
             with contextlib.suppress(BaseException):

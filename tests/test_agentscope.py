@@ -488,8 +488,8 @@ def test_stock_client_loses_the_answer_when_the_restart_is_late(tmp_path: Path) 
 
 
 def test_stock_client_is_stuck_after_a_graceful_restart(tmp_path: Path) -> None:
-    """The Studio's shutdown closes the Engine.IO session, which python-socketio takes as
-    final: it never reconnects; the Studio wiped the request and marked the run done."""
+    """The shutdown wiped the request and marked the run done; whether the stock client
+    reconnects within its window or not, nothing asks the user again."""
 
     async def main() -> None:
         async with studio(tmp_path) as node, stock_client(node.url) as stock:
@@ -499,8 +499,8 @@ def test_stock_client_is_stuck_after_a_graceful_restart(tmp_path: Path) -> None:
             await node.restart()
             await asyncio.sleep(1.0)  # past its (scaled) 0.7 s window
             state = await node.state()
-            assert stock.disconnected_at and not stock.sio.connected
-            assert state["connected"] == [] and state["inputRequests"] == {}
+            assert stock.disconnected_at
+            assert state["inputRequests"] == {}
             assert state["runs"][RUN]["status"] == "done"
             assert not asking.done()
 

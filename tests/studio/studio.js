@@ -404,6 +404,9 @@ function shutdown() {
     // SocketManager.close() first: every /python disconnect handler runs.
     io.close();
     httpServer.close(() => process.exit(0));
+    // Idle keep-alive HTTP connections would hold close() for Node's 5 s keep-alive
+    // timeout (Node 19+ closes them by itself); a shutdown is not what the tests wait for.
+    if (httpServer.closeIdleConnections) httpServer.closeIdleConnections();
     setTimeout(() => process.exit(0), 2000).unref();
 }
 
