@@ -27,8 +27,10 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect as ws_connect
@@ -248,10 +250,107 @@ def _report(outcome: dict[str, Any], received: list[Any], link: Link, answer: An
 
 
 
+# -- tether demo agentscope: the seed scenario against the stand-in AgentScope Studio ------
+
+
+async def _agentscope_demo() -> int:
+    """A stock AgentScope client and tether each wait for the user's answer; the Studio
+    is restarted gracefully (SIGTERM, as a user upgrading it would); the user answers
+    whatever the restarted Studio shows. Needs node and the stand-in's npm packages."""
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / "tests" / "studio" / "studio.js").exists():
+        print("tether demo agentscope: run it from a source checkout (make demo-agentscope)")
+        return 2
+    sys.path.insert(0, str(repo))
+    from adapters.agentscope import StudioClient
+    from tests.stock_agentscope import StockStudio
+    from tests.studio import SKIP_REASON, NodeStudio
+
+    if SKIP_REASON is not None:
+        print(f"tether demo agentscope: {SKIP_REASON}")
+        return 2
+    timeline = Timeline()
+    print("tether demo agentscope: the Studio restarts while two agents wait for the user\n")
+    with tempfile.TemporaryDirectory() as folder:
+        node = NodeStudio("studio", state=Path(folder) / "studio.json")
+        await node.start()
+        timeline.say("studio", f"started (pid {node.pid}) on {node.url}")
+        stock = StockStudio(node.url, "stock-run")
+        await asyncio.to_thread(stock.start)
+        tether = StudioClient(node.url, run_id="tether-run", project="demo", name="tether",
+                              heartbeat=HEARTBEAT, backoff=BACKOFF)
+        await tether.start()
+        await tether.wait_online(5)
+        stock_ask = asyncio.ensure_future(asyncio.to_thread(stock.ask, "stock-q"))
+        tether_ask = asyncio.ensure_future(tether.request_user_input("agent", "user",
+                                                                     request_id="tether-q"))
+        timeline.say("stock", "AgentScope's own client asked the user (requestId stock-q)")
+        timeline.say("tether", "asked the user (requestId tether-q)")
+        try:
+            await asyncio.sleep(1.0)
+            await node.terminate()
+            timeline.say("studio", "SIGTERM: graceful shutdown; it drops both requests and "
+                                   "marks both runs done")
+            await asyncio.sleep(2.0)
+            await node.start()
+            timeline.say("studio", f"restarted (pid {node.pid})")
+            await _user_answers(node, tether_ask, timeline)
+            tether_ok = tether_ask.done() and not tether_ask.exception()
+            timeline.say("tether", f"got the answer: {tether_ask.result().blocks[0]['text']!r}"
+                                   f" ({tether.registrations} registrations)" if tether_ok
+                         else "no answer")
+            await asyncio.sleep(1.0)
+            stock_stuck = not stock_ask.done()
+            final = await node.state()
+            shown = [r for r in final["inputRequests"].values() if r["runId"] == "stock-run"]
+            timeline.say("stock", f"still waiting; the Studio shows its run as "
+                                  f"{final['runs']['stock-run']['status']!r} and "
+                                  f"{len(shown)} input box for it" if stock_stuck
+                         else "got an answer")
+        finally:
+            await asyncio.to_thread(stock.abandon)
+            with contextlib.suppress(BaseException):
+                await stock_ask
+            await tether.close()
+            await node.aclose()
+    checks = [("tether: the answer reached the agent after the restart", tether_ok),
+              ("stock AgentScope client: stuck (the bug tether fixes)", stock_stuck)]
+    print("\nOutcome")
+    for label, ok in checks:
+        print(f"  [{'ok' if ok else 'FAIL'}] {label}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+async def _user_answers(node: Any, waiting: asyncio.Future[Any], timeline: Timeline) -> None:
+    """The user: answers every input box the Studio shows, until tether got its answer."""
+    from adapters.socketio import SocketIODialer, emit
+
+    answered: set[str] = set()
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and not waiting.done():
+        shown = (await node.state())["inputRequests"]
+        for request_id in set(shown) - answered:
+            ui = await SocketIODialer(node.url, namespace="/client").dial({})
+            await ui.send(emit("sendUserInputToServer", request_id,
+                               [{"type": "text", "text": "go on"}], None, ack=1))
+            await asyncio.sleep(0.2)  # the Studio drops an event that comes with a close
+            await ui.close()
+            answered.add(request_id)
+            timeline.say("user", f"answered {request_id}, the one input box the Studio shows")
+        await asyncio.sleep(0.1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tether demo", description=__doc__.split("\n")[0])
+    parser.add_argument("scenario", nargs="?", choices=["agentscope"],
+                        help="agentscope: the Studio-restart bug against a stand-in "
+                             "AgentScope Studio (Socket.IO), stock client and tether")
     parser.add_argument("--studio", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scenario == "agentscope":
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        logging.getLogger("tether").setLevel(logging.CRITICAL)
+        return asyncio.run(_agentscope_demo())
     if args.studio is not None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_studio(args.studio))

@@ -8,6 +8,7 @@ from adapters.cli import main
 
 
 @pytest.mark.parametrize(("command", "option"), [("proxy", "--upstream"), ("demo", "usage"),
+                                                 ("demo", "agentscope"),
                                                  ("verify", "--no-seeded")])
 def test_delegated_subcommands_receive_their_options(
         command: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
