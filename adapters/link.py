@@ -78,6 +78,7 @@ import contextvars
 import difflib
 import json
 import logging
+import math
 import random
 import secrets
 from collections import deque
@@ -537,16 +538,18 @@ class Link:
         return True
 
     async def request(self, payload: dict[str, Any], *, id: str | None = None,
-                      timeout: float = 30.0) -> Any:
+                      timeout: float | None = 30.0) -> Any:
         """Send ``payload`` with an ``id`` and wait for the response carrying that id
         (``reply_to`` by default). The request survives reconnects: it travels like any
         message, and after every rebuild it is sent again unless its copy is still
         waiting in the outbox (a new server never saw the old one's). Raises
-        :class:`RequestTimeout` after ``timeout``."""
+        :class:`RequestTimeout` after ``timeout`` seconds (``None`` or ``math.inf``: wait
+        as long as the link lives)."""
         if not isinstance(payload, dict):
             raise TypeError(f"request() takes a dict payload (the link adds its 'id'), got "
                             f"{type(payload).__name__}")
-        timeout = seconds("request timeout", timeout)
+        if timeout is not None and timeout != math.inf:
+            seconds("request timeout", timeout)
         if self._core.tags.final:
             raise LinkClosedError(f"cannot request: the link is {self.state} ({self.reason})")
         request_id = id if id is not None else secrets.token_hex(8)
@@ -559,7 +562,8 @@ class Link:
         # nothing is pending
         self._pending[request_id] = pending
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future),
+                                          None if timeout == math.inf else timeout)
         except TimeoutError:
             raise RequestTimeout(
                 f"request {request_id!r} got no response in {timeout} s; the link is "
