@@ -202,3 +202,36 @@ def test_replays_stream_from_the_one_copy_in_order() -> None:
             await hub.close()
 
     run(main())
+
+
+def test_the_hub_honours_the_clients_window_end_to_end() -> None:
+    """A client whose application does not read announces its window (``inbound_limit``)
+    in hello and acknowledges only what the application took: the hub keeps the rest,
+    the client holds no more than the window, no connection flaps while it waits, and
+    everything arrives once, in order, when it reads."""
+    from adapters.websocket import connect
+    from fsm import Backoff, State
+
+    async def main() -> None:
+        hub = await serve(lambda session, data: None, heartbeat=Heartbeat(0.3, 0.3))
+        try:
+            link = connect(f"ws://127.0.0.1:{hub.port}/", session=True, inbound_limit=10,
+                           heartbeat=Heartbeat(0.3, 0.3), backoff=Backoff(0.05, cap=0.2))
+            async with link:
+                await link.wait_for(State.ONLINE, timeout=5)
+                session_id = link.session_id
+                assert session_id is not None
+                for n in range(100):
+                    await hub.send(session_id, n)
+                await asyncio.sleep(2.0)  # several heartbeats with nobody reading
+                assert link.statistics()["inbound_depth"] == 10
+                assert link.statistics()["reconnects"] == 0
+                assert hub.sessions[session_id].unacked == 100
+                got = [await asyncio.wait_for(link.receive(), 5) for _ in range(100)]
+                assert got == list(range(100))
+                await asyncio.sleep(0.3)
+                assert hub.sessions[session_id].unacked == 0
+        finally:
+            await hub.close()
+
+    run(main())

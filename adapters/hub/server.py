@@ -559,6 +559,9 @@ class Hub:
             raise ProtocolViolation("handshake", f"expected hello, got "
                                                  f"{type(frame).__name__.lower()}")
         self._log.debug("< %s %r", channel.address, frame)  # Hello's repr hides the token
+        # The client's window (PROTOCOL.md 3, hello.limits): never more of our messages
+        # unacknowledged on its wire than it can hold.
+        channel.window = frame.limits.get("max_inflight") or None
         owner = self._owner_of(channel)
         if not self._guard.hello(owner, self._loop.time()):
             raise _Busy(f"more than {self.limits.hello_rate} hellos per second from {owner}",

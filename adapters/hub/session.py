@@ -180,6 +180,14 @@ class Session:
             self._ledger_bytes -= size
         if upto > self._store_acked:
             self._hub._ack_to_store(self, upto)
+        if self._channel is not None and self._channel.window is not None:
+            self._channel.poke()  # room in the client's window: more may flow
+
+    @property
+    def _client_acked(self) -> int:
+        """The highest wire number the client acknowledged (everything below the first
+        message still held)."""
+        return self._ledger[0][0] - 1 if self._ledger else self._next_wire - 1
 
     def _message_after(self, sent: int) -> tuple[int, str] | None:
         """The first held message with a wire number above ``sent``."""

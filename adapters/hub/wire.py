@@ -91,6 +91,7 @@ class Channel:
         self.session: Session | None = None
         self.ack_sent = 0  # highest ack written on this socket: the client's view
         self.sent = 0  # highest wire number written on this socket
+        self.window: int | None = None  # the client's (hello.limits.max_inflight)
         self.closing = False
         self.reading_done = False  # the reader stopped: deliver what it read, then stop
         self._drain_timeout = drain_timeout
@@ -144,11 +145,14 @@ class Channel:
             return None
         ack = session.last_in
         message = session._message_after(self.sent)
+        if message is not None and self.window is not None and \
+                message[0] - session._client_acked > self.window:
+            message = None  # the client's window is full: wait for its acks
         if message is not None:
             wire, text = message
             self.sent = wire
             self._written(ack)
-            return f'{{"type":"msg","seq":{wire},"ack":{ack},"data":{text}}}'
+            return protocol.msg_text(wire, ack, text)
         for kind in ("pong", "ping", "ack"):
             if getattr(self, f"_{kind}"):
                 setattr(self, f"_{kind}", False)
