@@ -21,6 +21,7 @@ import pytest
 
 from adapters.stores import (
     Commit,
+    Dropped,
     MemoryStore,
     SessionStore,
     SQLiteStore,
@@ -153,7 +154,7 @@ def test_the_store_numbers_sends_and_keeps_them_until_acknowledged(
         wires = await store.commit(Commit(now=2.0, sends=[(sid, '{"a":1}'), (sid, "[1,2]")]))
         assert wires == [1, 2]
         assert await store.commit(Commit(now=2.0, sends=[(sid, "null"), ("gone", "1")])) \
-            == [3, None]  # a send to a session the store no longer has is dropped
+            == [3, Dropped.GONE]  # a send to a session the store no longer has is dropped
         assert [(o.wire, o.data) for o in await store.unacked(sid)] == \
             [(1, {"a": 1}), (2, [1, 2]), (3, None)]
         await store.commit(Commit(now=3.0, acked={sid: 2}))
