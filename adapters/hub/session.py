@@ -50,6 +50,9 @@ class Session:
         #: Client messages delivered by this hub (committed).
         self.delivered = 0
         self._hub = hub
+        self._generation = record.generation  # fencing: what this hub's commits carry
+        self._epoch = hub.epoch  # the store's epoch when this hub took the session
+        self._fetching = self._fetch_again = False  # reading other hubs' sends (shared)
         self._owner = owner  # quota key: "principal:..." or "address:..." ("" unknown)
         self._watch = watch
         self._channel: Channel | None = None
@@ -171,6 +174,16 @@ class Session:
             self._next_wire += 1
         if self._channel is not None:
             self._channel.poke()
+
+    def _arrive_fetched(self, wire: int, text: str) -> None:
+        """A message another hub committed for this client (read from a shared store):
+        hold it like one of ours; one this hub has already is ignored."""
+        if wire < self._next_wire or wire in self._early:
+            return
+        size = len(text.encode("utf-8"))
+        self._reserved += 1  # _arrive gives back a reservation
+        self._reserved_bytes += size
+        self._arrive(wire, text, size)
 
     def _acknowledged(self, upto: int) -> None:
         """The client has every message up to ``upto``: forget them (memory now, the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from adapters.stores.base import (
     Commit,
@@ -40,7 +41,7 @@ class MemoryStore:
     #: directly instead of running it as a task of its own.
     immediate = True
     #: One hub per store (SessionStore.shared).
-    shared = False
+    shared: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._epoch = secrets.token_urlsafe(9)

@@ -51,7 +51,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from adapters.stores.base import (
     Commit,
@@ -342,7 +342,7 @@ class RedisStore:
     call (a slower answer is :class:`StoreBusy`). ``connections`` bounds the pool.
     """
 
-    shared = True
+    shared: ClassVar[bool] = True
     immediate = False
 
     def __init__(self, url: str, *, prefix: str = "tether", node: str | None = None,

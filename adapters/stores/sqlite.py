@@ -34,7 +34,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from adapters.stores.base import (
     Commit,
@@ -108,7 +108,7 @@ class SQLiteStore:
     """
 
     #: One hub per file (SessionStore.shared).
-    shared = False
+    shared: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, *,
                  synchronous: Literal["FULL", "NORMAL"] = "FULL",
