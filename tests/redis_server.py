@@ -8,17 +8,22 @@ skip, saying so; ``.ci/run`` installs it). :func:`redis_or_skip` is the pytest s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "redis_or_skip"]
+__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "redis_or_skip", "redis_prefix",
+           "redis_server", "shared_redis"]
+
+_PREFIXES = itertools.count()
 
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = ("redis-server is not installed (apt-get install -y redis-server; .ci/run "
@@ -130,3 +135,30 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server (no persistence) for the tests that do not kill it; each test
+    keeps to its own key prefix (:func:`redis_prefix`)."""
+    redis_or_skip()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own on :func:`shared_redis`."""
+    return f"t{next(_PREFIXES)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (not started: pick its persistence first),
+    data in the test's temporary directory, killed at the end."""
+    redis_or_skip()
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()

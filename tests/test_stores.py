@@ -30,7 +30,10 @@ from adapters.stores import (
     hash_token,
 )
 
+from tests.redis_server import redis_prefix, shared_redis
+
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = (redis_prefix, shared_redis)
 T = TypeVar("T")
 Factory = Callable[[], SessionStore]
 
@@ -50,16 +53,24 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Factory]:
     """A factory: MemoryStore gives the same instance each call (the process lives on),
-    SQLiteStore reopens the same file (a restarted process)."""
+    SQLiteStore reopens the same file (a restarted process), RedisStore connects anew
+    to the same Redis (another hub, or a restarted one)."""
     opened: list[SQLiteStore] = []
     memory = MemoryStore()
+    if request.param == "redis":
+        from adapters.stores.redis import RedisStore
+
+        server = request.getfixturevalue("shared_redis")
+        prefix = request.getfixturevalue("redis_prefix")
 
     def make() -> SessionStore:
         if request.param == "memory":
             return memory
+        if request.param == "redis":
+            return RedisStore(server.url, prefix=prefix)
         store = SQLiteStore(workdir / "sessions.sqlite")
         opened.append(store)
         return store

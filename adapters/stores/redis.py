@@ -380,6 +380,8 @@ class RedisStore:
         self._run_id = ""
         self._available = True
         self._closed = False
+        self._stopping = False  # aclose() began: the loops end (whatever redis-py does
+        # with a cancellation that lands in the middle of a read)
         self._listeners: list[Callable[[StoreEvent], None]] = []
         self._presence: dict[str, str] = {}  # announcements not published yet
         self._presence_wake = asyncio.Event()
@@ -448,7 +450,9 @@ class RedisStore:
     # -- calls ----------------------------------------------------------------------------------
 
     async def _call(self, awaitable: Any) -> Any:
-        if self._closed:
+        if self._closed or self._stopping:
+            with contextlib.suppress(AttributeError):
+                awaitable.close()  # a coroutine never awaited: no warning
             raise RuntimeError(f"{self!r} is closed")
         try:
             result = await awaitable
@@ -713,16 +717,20 @@ class RedisStore:
 
     async def _supervise(self, loop: Callable[[], Any], name: str) -> None:
         """Run one of the store's loops forever; any failure is logged and the loop
-        starts again after a pause (no task dies silently)."""
-        while True:
+        starts again after a pause (no task dies silently). Ends once ``aclose()``
+        began, whatever the loop was doing."""
+        while not self._stopping:
             try:
                 await loop()
             except asyncio.CancelledError:
                 raise
-            except StoreBusy as error:
-                logger.warning("! %s %s: %s (retrying)", self, name, error)
-            except Exception:
-                logger.exception("! %s %s failed; restarting it", self, name)
+            except Exception as error:
+                if self._stopping:  # the connections are being closed under it
+                    return
+                if isinstance(error, StoreBusy):
+                    logger.warning("! %s %s: %s (retrying)", self, name, error)
+                else:
+                    logger.exception("! %s %s failed; restarting it", self, name)
             await asyncio.sleep(min(0.5, self.liveness / 4))
 
     async def _beat(self) -> None:
@@ -789,16 +797,20 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Stop listening, remove this hub's liveness key, close the connections."""
-        if self._closed:
+        if self._closed or self._stopping:
             return
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
-                await self._r.delete(self._p + "node:" + self._node)
+                await self._r.delete(self._p + "node:" + self._node)  # dead to the others
         self._closed = True
+        with contextlib.suppress(Exception):
+            await self._r.connection_pool.disconnect()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            for task in stuck:  # pragma: no cover
+                logger.error("! %s: task %s did not end when cancelled", self, task)
         with contextlib.suppress(Exception):
             await self._r.aclose()

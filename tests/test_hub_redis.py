@@ -1,0 +1,306 @@
+"""Many hubs on one Redis, in one process (``adapters/stores/redis.py``, the shared-store
+paths of ``adapters/hub/server.py``): each hub has its own :class:`RedisStore`
+connection and node name, as separate processes would.
+
+* the store: a late commit from a hub whose session was taken over is refused (fencing),
+  a commit in an old epoch is refused, a restart keeps the epoch with the append-only
+  file and loses it without persistence; ``maxmemory-policy`` must be ``noeviction``;
+* the hub: a client resumes on another hub and the old hub lets go; that hub's handler,
+  still running, cannot commit; ``hub.send`` reaches a session another hub holds, in a
+  handler and outside; a client acknowledging more than the store ever sent moves the
+  store to a new epoch; an unreachable Redis is ``busy`` and ``hub.send`` raises.
+
+The process-level scenarios (SIGKILL of a hub, of Redis) are in ``test_hub_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from adapters.hub import Hub, Limits, Session, serve
+from adapters.stores import Commit, EpochChanged, Fenced, StoreBusy
+from fsm.protocol import Msg, Welcome
+from tests.cluster import CLUSTER_HB
+from tests.redis_server import RedisServer, redis_prefix, redis_server, shared_redis
+from tests.test_hub import Peer, msgs
+
+pytestmark = [pytest.mark.realsocket, pytest.mark.timeout(30)]
+FIXTURES = (redis_prefix, redis_server, shared_redis)
+T = TypeVar("T")
+
+if True:  # redis-py is an extra; the fixtures skip when it (or redis-server) is missing
+    with contextlib.suppress(ImportError):
+        from adapters.stores.redis import RedisStore
+
+
+def run(main: Awaitable[T], timeout: float = 20.0) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await main
+
+    return asyncio.run(bounded())
+
+
+async def until(done: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.01)
+    assert done(), what
+
+
+@contextlib.asynccontextmanager
+async def hubs(url: str, prefix: str, handler: Any = None, count: int = 2,
+               **options: Any) -> AsyncIterator[list[Hub]]:
+    """``count`` hubs on one Redis (each its own store connection and node)."""
+    stores = [await RedisStore.connect(url, prefix=prefix, liveness=0.6, timeout=0.5)
+              for _ in range(count)]
+    started: list[Hub] = []
+    try:
+        for store in stores:
+            started.append(await serve(handler or (lambda session, data: session.send(data)),
+                                       store=store, heartbeat=CLUSTER_HB, **options))
+        yield started
+    finally:
+        for hub in started:
+            await hub.close()
+        for store in stores:
+            await store.aclose()
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_a_late_commit_of_a_hub_whose_session_was_taken_over_is_refused(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    async def main() -> None:
+        a = await RedisStore.connect(shared_redis.url, prefix=redis_prefix)
+        b = await RedisStore.connect(shared_redis.url, prefix=redis_prefix)
+        try:
+            record, _ = await a.create(1.0)
+            sid = record.session_id
+            claimed = await b.claim(sid, 2.0)
+            assert claimed is not None
+            taken, _ = claimed
+            assert taken.generation == record.generation + 1 and taken.node == b.node
+            before = (await a.get(sid), await a.unacked(sid))
+            with pytest.raises(Fenced, match="taken over"):
+                await a.commit(Commit(now=3.0, inbound=(sid, 1), sends=[(sid, '"late"')],
+                                      generation=record.generation, epoch=a.epoch))
+            assert (await a.get(sid), await a.unacked(sid)) == before  # nothing changed
+            assert await b.commit(Commit(now=3.0, inbound=(sid, 1), sends=[(sid, '"ok"')],
+                                         generation=taken.generation, epoch=b.epoch)) == [1]
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())
+
+
+def test_the_epoch_survives_a_redis_kill_with_aof_and_not_without(
+        redis_server: RedisServer) -> None:
+    async def session_in(store: RedisStore) -> str:
+        record, _ = await store.create(1.0)
+        await store.commit(Commit(now=2.0, inbound=(record.session_id, 1),
+                                  sends=[(record.session_id, '"kept?"')], epoch=store.epoch))
+        return record.session_id
+
+    async def main() -> None:
+        for persistence in ("always", "everysec", "none"):
+            redis_server.persistence = persistence
+            redis_server.start()
+            store = await RedisStore.connect(redis_server.url)
+            epoch, sid = store.epoch, await session_in(store)
+            await store.aclose()
+            redis_server.kill()  # SIGKILL: no shutdown save, no last fsync
+            redis_server.start()
+            store = await RedisStore.connect(redis_server.url)
+            try:
+                record = await store.get(sid)
+                if persistence == "none":
+                    assert store.epoch != epoch and record is None
+                    with pytest.raises(EpochChanged):
+                        await store.commit(Commit(now=3.0, sends=[(sid, "1")], epoch=epoch))
+                else:
+                    assert store.epoch == epoch, persistence
+                    assert record is not None and record.last_in == 1
+                    assert [o.data for o in await store.unacked(sid)] == ["kept?"]
+                await store.commit(Commit(now=4.0))  # (the store works either way)
+            finally:
+                await store.aclose()
+            redis_server.kill()
+            for path in redis_server.directory.glob("appendonly*"):
+                if path.is_dir():
+                    for file in path.iterdir():
+                        file.unlink()
+
+    run(main(), timeout=25)
+
+
+def test_redis_that_may_evict_is_refused_with_a_clear_message(
+        redis_server: RedisServer) -> None:
+    redis_server.policy = "allkeys-lru"
+    redis_server.start()
+    with pytest.raises(ValueError, match="maxmemory-policy 'allkeys-lru'.*noeviction"):
+        run(RedisStore.connect(redis_server.url))
+
+
+# -- the hubs ----------------------------------------------------------------------------------
+
+
+def test_a_client_resumes_on_another_hub_which_takes_the_session_over(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    async def main() -> None:
+        async with hubs(shared_redis.url, redis_prefix) as (a, b):
+            first = await Peer.open(a.port)
+            welcome = await first.hello()
+            sid = welcome.session
+            assert list(a.sessions) == [sid] and not b.sessions
+            await a.send(sid, "from a")
+            await first.send(Msg(seq=1, ack=0, data="up 1"))
+            got = await first.recv_until(lambda f: isinstance(f, Msg) and f.data == "up 1")
+            assert msgs(got) == [(1, "from a"), (2, "up 1")]
+
+            second = await Peer.open(b.port)  # the client comes back on the other hub
+            resumed = await second.hello(sid, first.token, ack=1)
+            assert resumed.resumed and resumed.session == sid and resumed.ack == 1
+            assert resumed.epoch == welcome.epoch
+            assert msgs(await second.recv_until(lambda f: isinstance(f, Msg))) == \
+                [(2, "up 1")]  # the unacknowledged one is replayed by the new hub
+            await first.closed()  # the old hub let go of it, and closed its socket
+            await until(lambda: sid not in a.sessions, "the old hub forgets the session")
+            await second.send(Msg(seq=2, ack=2, data="up 2"))
+            assert msgs(await second.recv_until(lambda f: isinstance(f, Msg))) == \
+                [(3, "up 2")]
+            await a.send(sid, "from a again")  # a hub that does not hold it can send
+            assert msgs(await second.recv_until(lambda f: isinstance(f, Msg))) == \
+                [(4, "from a again")]
+            await second.close()
+
+    run(main())
+
+
+def test_the_old_hubs_handler_still_running_cannot_commit(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    """Hub A's handler is still running when the client resumes on hub B; when it
+    returns, A's commit carries the old fencing generation and is refused: the
+    delivery happens once, on B."""
+    gate = asyncio.Event()
+    calls: list[tuple[int, Any]] = []
+
+    async def main() -> None:
+        async def handler(session: Session, data: Any) -> None:
+            calls.append((session._generation, data))
+            if len(calls) == 1:
+                await gate.wait()  # A's call: held until B took the session over
+            session.send({"echo": data})
+
+        async with hubs(shared_redis.url, redis_prefix, handler) as (a, b):
+            first = await Peer.open(a.port)
+            sid = (await first.hello()).session
+            await first.send(Msg(seq=1, ack=0, data="once"))
+            await until(lambda: len(calls) == 1, "A's handler runs")
+            second = await Peer.open(b.port)
+            assert (await second.hello(sid, first.token, ack=0)).resumed
+            await until(lambda: sid not in a.sessions, "A lets go")
+            gate.set()  # A's handler returns; its commit must be refused
+            await second.send(Msg(seq=1, ack=0, data="once"))  # the client replays it
+            got = await second.recv_until(lambda f: isinstance(f, Msg))
+            assert msgs(got) == [(1, {"echo": "once"})]
+            await asyncio.sleep(0.2)  # a second echo (A's) would come through the store
+            record = await b.store.get(sid)
+            assert record is not None and record.last_in == 1
+            assert [o.data for o in await b.store.unacked(sid)] == [{"echo": "once"}]
+            assert [g for g, _ in calls] == [1, 2]  # called on both, committed on B
+            await second.close()
+
+    run(main())
+
+
+def test_hub_send_reaches_a_session_another_hub_holds(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    """Outside a handler (``await hub.send``) and inside one (a relay committed with the
+    delivery), in order, once each; a session no hub has fails the future."""
+    async def main() -> None:
+        async def handler(session: Session, data: Any) -> None:
+            if isinstance(data, dict):
+                hub_of[session.id].send(data["to"], data["body"])
+
+        hub_of: dict[str, Hub] = {}
+        async with hubs(shared_redis.url, redis_prefix, handler) as (a, b):
+            on_a, on_b = await Peer.open(a.port), await Peer.open(b.port)
+            sid_a, sid_b = (await on_a.hello()).session, (await on_b.hello()).session
+            hub_of.update({sid_a: a, sid_b: b})
+            for k in range(5):
+                await b.send(sid_a, {"push": k})
+            for k in range(5):
+                await on_b.send(Msg(seq=k + 1, ack=0, data={"to": sid_a, "body": {"r": k}}))
+            got = await on_a.recv_until(lambda f: isinstance(f, Msg) and f.seq == 10,
+                                        timeout=5)
+            assert msgs(got) == [(k + 1, {"push": k}) for k in range(5)] + \
+                [(k + 6, {"r": k}) for k in range(5)]
+            with pytest.raises(LookupError, match="no session 'nobody'"):
+                await b.send("nobody", 1)
+            await on_a.close()
+            await on_b.close()
+
+    run(main())
+
+
+def test_a_client_that_acknowledges_more_than_the_store_sent_gets_a_new_epoch(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    """The store forgot messages it had sent (an fsync window, a lagging replica): the
+    client acknowledges beyond the store's last wire number. The hub does not resume on
+    a store that forgot; it moves it to a new epoch and the client starts anew."""
+    async def main() -> None:
+        async with hubs(shared_redis.url, redis_prefix) as (a, b):
+            peer = await Peer.open(a.port)
+            welcome = await peer.hello()
+            await a.send(welcome.session, "m1")
+            await peer.recv_until(lambda f: isinstance(f, Msg))
+            await peer.close()
+            again = await Peer.open(b.port)
+            fresh = await again.hello(welcome.session, peer.token, ack=5)  # beyond 1
+            assert not fresh.resumed and fresh.session != welcome.session
+            assert fresh.epoch != welcome.epoch
+            await until(lambda: a.epoch == fresh.epoch, "the other hub hears of it")
+            await again.close()
+
+    run(main())
+
+
+def test_unreachable_redis_is_busy_and_hub_send_raises(redis_server: RedisServer) -> None:
+    redis_server.start()
+
+    async def main() -> None:
+        store = await RedisStore.connect(redis_server.url, liveness=0.6, timeout=0.3)
+        hub = await serve(lambda session, data: session.send(data), store=store,
+                          heartbeat=CLUSTER_HB, limits=Limits(retry_after=0.3))
+        try:
+            peer = await Peer.open(hub.port)
+            sid = (await peer.hello()).session
+            redis_server.kill()
+            await peer.send(Msg(seq=1, ack=0, data="not stored"))
+            error = await peer.error()  # nothing acknowledged: the client replays it
+            assert error.code == "busy" and error.retry_after == 0.3
+            with pytest.raises(StoreBusy):
+                hub.send(sid, "refused at once")
+            newcomer = await Peer.open(hub.port)
+            await newcomer.send('{"type":"hello","v":1,"ack":0}')
+            refused = await newcomer.error()
+            assert refused.code == "busy" and refused.retry_after == 0.3
+            redis_server.start()  # back (no persistence: a new epoch)
+            await until(lambda: store.available, "the store answers again", timeout=5)
+            late = await Peer.open(hub.port)
+            welcome = await late.hello()
+            assert isinstance(welcome, Welcome) and welcome.epoch != ""
+            await late.close()
+        finally:
+            await hub.close()
+            await store.aclose()
+
+    run(main())
