@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.hub import Hub, Presence, Session, serve
+from adapters.hub import Hub, Session, serve
 from fsm import Heartbeat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ CLUSTER_HB = Heartbeat(interval=0.3, timeout=0.3)
 
 
 async def _run_hub(args: argparse.Namespace) -> None:
-    from adapters.stores.redis import RedisStore  # noqa: PLC0415
+    from adapters.stores.redis import RedisStore
 
     store = await RedisStore.connect(args.redis, liveness=args.liveness, timeout=0.5)
     log = open(args.log, "a", buffering=1, encoding="utf-8") if args.log else None  # noqa: SIM115

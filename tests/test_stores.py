@@ -29,7 +29,6 @@ from adapters.stores import (
     Unauthorized,
     hash_token,
 )
-
 from tests.redis_server import redis_prefix, shared_redis
 
 REPO = Path(__file__).resolve().parent.parent

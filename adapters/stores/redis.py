@@ -497,6 +497,11 @@ class RedisStore:
         return self._node
 
     @property
+    def stopping(self) -> bool:
+        """``aclose()`` began."""
+        return self._stopping
+
+    @property
     def available(self) -> bool:
         """False after a call found Redis unreachable, until one succeeds again."""
         return self._available and not self._closed
@@ -725,7 +730,7 @@ class RedisStore:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                if self._stopping:  # the connections are being closed under it
+                if self.stopping:  # the connections are being closed under it
                     return
                 if isinstance(error, StoreBusy):
                     logger.warning("! %s %s: %s (retrying)", self, name, error)
