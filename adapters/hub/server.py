@@ -335,14 +335,16 @@ class Hub:
             if not isinstance(given, str) or not given:
                 raise LookupError(f"no session {session_id!r}")
             target = session_id  # another hub may hold it: the store decides
-        if self._shared and not getattr(self.store, "available", True):
+        delivery = _current.get()
+        in_handler = delivery is not None and delivery.open
+        if self._shared and not in_handler and not getattr(self.store, "available", True):
+            # (inside a handler the delivery's commit answers for it: busy, replayed)
             raise StoreBusy(f"the session store is unavailable ({self.store!r}): message "
                             f"not accepted; try again later")
         text, size = self._encode(data)
         if not isinstance(target, str):
             target._reserve(size)
         future: asyncio.Future[None] = self._loop.create_future()
-        delivery = _current.get()
         if delivery is not None and delivery.open:
             delivery.sends.append((target, text, size, None))
             future.set_result(None)
