@@ -38,7 +38,7 @@ def calls(path: Path) -> list[tuple[str, str, str, Any]]:
     """The handler calls logged by every hub: ``(node, epoch, session, data)``."""
     if not path.exists():
         return []
-    return [tuple(json.loads(line)) for line in  # type: ignore[misc]
+    return [tuple(json.loads(line)) for line in
             path.read_text(encoding="utf-8").splitlines()]
 
 
