@@ -80,6 +80,7 @@ from fsm.presence import (
 )
 from fsm.protocol import MAX_DEPTH, Ack, Hello, Msg, Ping, Pong, ProtocolViolation, Welcome
 from fsm.protocol import Error as ErrorFrame
+from fsm.serving import Verdict, hello_kind, store_forgot
 from fsm.session import DEFAULT_ACK_DELAY, DEFAULT_ACK_EVERY
 
 __all__ = ["DEFAULT_EXPIRE_AFTER", "Authenticate", "Handler", "Hub", "serve"]
@@ -645,10 +646,8 @@ class Hub:
         if not self._guard.hello(owner, self._loop.time()):
             raise _Busy(f"more than {self.limits.hello_rate} hellos per second from {owner}",
                         self.limits.retry_after)
-        if (frame.session is None) != (frame.token is None):
-            raise ProtocolViolation("malformed", "hello needs both 'session' and 'token' to "
-                                                 "resume, or neither")
-        if frame.session is not None and frame.token is not None and self._shared:
+        resume = hello_kind(frame) == "resume"
+        if resume and frame.session is not None and frame.token is not None and self._shared:
             taken = await self._take_over(channel, frame, frame.session, frame.token)
             if taken is not None:
                 return taken
@@ -728,7 +727,7 @@ class Hub:
         channel.session = session
         channel.sent = sent
         channel.ack_sent = session.last_in
-        session._read = session.last_in
+        session._intake.attached()
         session._inbox.clear()
         session._inbox_size = 0
         self._update_idle(session)
@@ -773,21 +772,13 @@ class Hub:
             if isinstance(frame, Ping):
                 channel.pong()
             elif isinstance(frame, Msg):
-                if frame.seq <= session._read:
-                    session._duplicates += 1
+                verdict = session._intake.receive(frame.seq, channel.ack_sent,
+                                                  limits.max_inflight)
+                if verdict is not Verdict.DELIVER:
                     self._log.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
-                    if frame.seq <= session.last_in:
+                    if verdict is Verdict.DUPLICATE_ACK:
                         self._owe_ack(session, force=True)
                     continue
-                if frame.seq - channel.ack_sent > limits.max_inflight:
-                    raise ProtocolViolation(
-                        "overflow", f"msg {frame.seq} while the hub acknowledged "
-                                    f"{channel.ack_sent}: more than max_inflight "
-                                    f"{limits.max_inflight}")
-                if frame.seq != session._read + 1:
-                    raise ProtocolViolation("gap", f"expected msg seq {session._read + 1}, "
-                                                   f"got {frame.seq}")
-                session._read = frame.seq
                 session._inbox.append((frame, len(text)))
                 session._inbox_size += len(text)
                 more.set()
@@ -797,10 +788,7 @@ class Hub:
                     await room.wait()
 
     def _check_ack(self, session: Session, ack: int) -> None:
-        highest = session._highest_wire
-        if ack > highest:
-            raise ProtocolViolation("ack", f"client acknowledged {ack}, but the hub sent "
-                                           f"only up to {highest}")
+        session._out.check_ack(ack)
         session._acknowledged(ack)
 
     def _ack_to_store(self, session: Session, upto: int) -> None:
@@ -867,7 +855,7 @@ class Hub:
                                      effects=tuple(delivery.effects))
 
             def delivered() -> None:
-                session._committed = msg.seq
+                session._intake.delivered(msg.seq)
                 session.delivered += 1
                 self._update_idle(session)
                 self._owe_ack(session)
@@ -1068,23 +1056,17 @@ class Hub:
         channel = session._channel
         if channel is None:
             return
-        if force:
-            session._ack_forced = True
-        elif channel.ack_sent >= session.last_in:
-            return
-        now = self._loop.time()
-        if session._ack_owed_since is None:
-            session._ack_owed_since = now
-        due = session._ack_owed_since + self.ack_delay
-        if session.last_in - channel.ack_sent >= self.ack_every or now >= due:
+        owed = session._acks.owe(self._loop.time(), session.last_in, channel.ack_sent,
+                                 force=force)
+        if owed is True:
             channel.ack()
-        elif session._ack_timer is None:
-            session._ack_timer = self._loop.call_at(due, self._ack_due, session)
+        elif isinstance(owed, float) and session._ack_timer is None:
+            session._ack_timer = self._loop.call_at(owed, self._ack_due, session)
 
     def _ack_due(self, session: Session) -> None:
         session._ack_timer = None
         channel = session._channel
-        if channel is not None and (session._ack_forced or channel.ack_sent < session.last_in):
+        if channel is not None and session._acks.due(session.last_in, channel.ack_sent):
             channel.ack()
 
     # -- presence ---------------------------------------------------------------------------------
@@ -1249,7 +1231,7 @@ class Hub:
         if claimed is None:
             return None
         record, outbound = claimed
-        if hello.ack >= record.next_wire:
+        if store_forgot(hello.ack, record.next_wire):
             # The client has messages the store never sent: the store forgot them (an
             # fsync window, a failover to a lagging replica). Resuming would renumber
             # the client's stream; a new epoch makes it rebuild instead.
