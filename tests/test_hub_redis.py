@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -31,11 +34,11 @@ from tests.test_hub import Peer, msgs
 
 pytestmark = [pytest.mark.realsocket, pytest.mark.timeout(30)]
 FIXTURES = (redis_prefix, redis_server, shared_redis)
+REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
-if True:  # redis-py is an extra; the fixtures skip when it (or redis-server) is missing
-    with contextlib.suppress(ImportError):
-        from adapters.stores.redis import RedisStore
+with contextlib.suppress(ImportError):  # an extra: the fixtures skip without it
+    from adapters.stores.redis import RedisStore
 
 
 def run(main: Awaitable[T], timeout: float = 20.0) -> T:
@@ -305,3 +308,56 @@ def test_unreachable_redis_is_busy_and_hub_send_raises(redis_server: RedisServer
             await store.aclose()
 
     run(main())
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+async def _tether_hub(url: str, *more: str) -> tuple[asyncio.subprocess.Process, int]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adapters.hub", "--port", "0", "--redis", url, *more,
+        cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert process.stdout is not None
+    async with asyncio.timeout(8):
+        line = await process.stdout.readline()
+    assert line.startswith(b"listening "), line
+    return process, int(line.split()[1])
+
+
+def test_two_tether_hub_commands_on_one_redis_are_a_cluster(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    async def main() -> None:
+        first, port_a = await _tether_hub(shared_redis.url, "--echo",
+                                          "--redis-prefix", redis_prefix)
+        second, port_b = await _tether_hub(shared_redis.url, "--echo",
+                                           "--redis-prefix", redis_prefix)
+        try:
+            peer = await Peer.open(port_a)
+            welcome = await peer.hello()
+            await peer.send(Msg(seq=1, ack=0, data="to a"))
+            assert msgs(await peer.recv_until(lambda f: isinstance(f, Msg))) == [(1, "to a")]
+            await peer.close()
+            again = await Peer.open(port_b)
+            resumed = await again.hello(welcome.session, peer.token, ack=1)
+            assert resumed.resumed and resumed.epoch == welcome.epoch and resumed.ack == 1
+            await again.send(Msg(seq=2, ack=1, data="to b"))
+            assert msgs(await again.recv_until(lambda f: isinstance(f, Msg))) == [(2, "to b")]
+            await again.close()
+        finally:
+            for process in (first, second):
+                process.kill()
+                await process.wait()
+
+    run(main())
+
+
+def test_tether_hub_refuses_a_redis_that_may_evict(redis_server: RedisServer) -> None:
+    redis_server.policy = "volatile-lru"
+    redis_server.start()
+    done = subprocess.run([sys.executable, "-m", "adapters.hub", "--port", "0", "--redis",
+                           redis_server.url], cwd=REPO, capture_output=True, text=True,
+                          timeout=20, check=False)
+    assert done.returncode == 2
+    assert "maxmemory-policy 'volatile-lru'" in done.stderr
+    assert "Set maxmemory-policy noeviction" in done.stderr
