@@ -378,6 +378,7 @@ class RedisStore:
             ("new_epoch", _NEW_EPOCH))}
         self._epoch = ""
         self._run_id = ""
+        self._lost_contact = False  # the liveness loop could not reach Redis
         self._available = True
         self._closed = False
         self._stopping = False  # aclose() began: the loops end (whatever redis-py does
@@ -741,23 +742,22 @@ class RedisStore:
     async def _beat(self) -> None:
         """Refresh this hub's liveness key; notice a restarted Redis (run_id) and an
         epoch that moved or vanished."""
-        was_available = True
         while True:
             try:
                 await self._heartbeat()
                 server = await self._call(self._r.info("server"))
             except StoreBusy:
-                was_available = False
+                self._lost_contact = True
                 raise
             run_id = str(server.get("run_id", ""))
-            if run_id != self._run_id or not was_available:
+            if run_id != self._run_id or self._lost_contact:
                 restarted = run_id != self._run_id
                 self._run_id = run_id
                 self._saw_epoch(await self._ensure_epoch())
                 if restarted:
                     self._tell(StoreReset(f"Redis restarted or failed over "
                                           f"(run_id {run_id[:8]})"))
-            was_available = True
+            self._lost_contact = False
             await asyncio.sleep(self.liveness / 4)
 
     async def _listen(self) -> None:
