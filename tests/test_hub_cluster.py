@@ -259,6 +259,8 @@ def test_a_dead_hubs_sessions_are_stale_then_gone_on_the_other_hub(
                 sid = await client.start()
                 await until(lambda: b.presence_of(sid) == ["present"],
                             what="B hears that A's client is present")
+                await until(lambda: client.link.statistics()["outbox_depth"] == 0,
+                            what="A acknowledged the register")
                 await a.kill()
                 await until(lambda: b.presence_of(sid) == ["present", "stale", "gone"],
                             timeout=8, what="B shows it stale, then gone")
