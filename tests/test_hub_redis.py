@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -361,3 +361,32 @@ def test_tether_hub_refuses_a_redis_that_may_evict(redis_server: RedisServer) ->
     assert done.returncode == 2
     assert "maxmemory-policy 'volatile-lru'" in done.stderr
     assert "Set maxmemory-policy noeviction" in done.stderr
+
+
+def test_a_client_sending_past_what_the_store_delivered_gets_a_new_epoch(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    """The store forgot a delivery it had acknowledged (here: ``last_in`` set back by
+    hand, as a failover to a lagging replica would): the client's next message leaves a
+    gap. Not the client's fault: the store moves to a new epoch, the client starts anew
+    (and rebuilds) instead of being refused forever."""
+    async def main() -> None:
+        async with hubs(shared_redis.url, redis_prefix) as (a, b):
+            peer = await Peer.open(a.port)
+            welcome = await peer.hello()
+            await peer.send(Msg(seq=1, ack=0, data="delivered"))
+            await peer.recv_until(lambda f: isinstance(f, Msg))  # its echo: acked too
+            await peer.close()
+            store = cast(RedisStore, b.store)
+            await store._r.hset(f"{redis_prefix}:{{{welcome.session}}}:s", "li", "0")
+            again = await Peer.open(b.port)
+            resumed = await again.hello(welcome.session, peer.token, ack=1)
+            assert resumed.resumed and resumed.ack == 0  # the store's (wrong) view
+            await again.send(Msg(seq=2, ack=1, data="next"))
+            await again.closed()  # the session is gone with its epoch: dropped
+            assert b.epoch != welcome.epoch  # a new epoch: every client rebuilds
+            third = await Peer.open(b.port)
+            fresh = await third.hello(welcome.session, peer.token, ack=1)
+            assert not fresh.resumed and fresh.epoch == b.epoch
+            await third.close()
+
+    run(main())

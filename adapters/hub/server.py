@@ -772,8 +772,20 @@ class Hub:
             if isinstance(frame, Ping):
                 channel.pong()
             elif isinstance(frame, Msg):
-                verdict = session._intake.receive(frame.seq, channel.ack_sent,
-                                                  limits.max_inflight)
+                try:
+                    verdict = session._intake.receive(frame.seq, channel.ack_sent,
+                                                      limits.max_inflight)
+                except ProtocolViolation as violation:
+                    if violation.code == "gap" and self._shared and \
+                            session._intake.read == session.last_in and \
+                            frame.seq > session.last_in + 1 and not session._inbox:
+                        # A client resuming past what the store says it delivered: the
+                        # store lost a delivery it had acknowledged (an fsync window, a
+                        # lagging replica). Not the client's fault: a new epoch.
+                        await self._store_lost(
+                            f"session {session.id}: the client sent msg {frame.seq}, the "
+                            f"store has it delivered only up to {session.last_in}")
+                    raise
                 if verdict is not Verdict.DELIVER:
                     self._log.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
                     if verdict is Verdict.DUPLICATE_ACK:
