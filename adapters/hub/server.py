@@ -777,8 +777,7 @@ class Hub:
                                                       limits.max_inflight)
                 except ProtocolViolation as violation:
                     if violation.code == "gap" and self._shared and \
-                            session._intake.read == session.last_in and \
-                            frame.seq > session.last_in + 1 and not session._inbox:
+                            channel.msgs_read == 0 and frame.seq > session.last_in + 1:
                         # A client resuming past what the store says it delivered: the
                         # store lost a delivery it had acknowledged (an fsync window, a
                         # lagging replica). Not the client's fault: a new epoch.
@@ -791,6 +790,7 @@ class Hub:
                     if verdict is Verdict.DUPLICATE_ACK:
                         self._owe_ack(session, force=True)
                     continue
+                channel.msgs_read += 1
                 session._inbox.append((frame, len(text)))
                 session._inbox_size += len(text)
                 more.set()

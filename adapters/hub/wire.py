@@ -91,6 +91,7 @@ class Channel:
         self.session: Session | None = None
         self.ack_sent = 0  # highest ack written on this socket: the client's view
         self.sent = 0  # highest wire number written on this socket
+        self.msgs_read = 0  # client messages read on this socket (the first may gap)
         self.window: int | None = None  # the client's (hello.limits.max_inflight)
         self.closing = False
         self.reading_done = False  # the reader stopped: deliver what it read, then stop
