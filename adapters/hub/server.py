@@ -1435,6 +1435,12 @@ def _check_store(store: object) -> SessionStore:
                             f"adapters.stores.SessionStore)")
     if not isinstance(getattr(store, "epoch", None), str):
         raise TypeError(f"serve(store=...): {type(store).__name__}.epoch must be a str")
+    if getattr(store, "shared", False) is True:
+        for name in ("claim", "heads", "alive", "new_epoch"):
+            if not inspect.iscoroutinefunction(getattr(store, name, None)):
+                raise TypeError(f"serve(store=...): {type(store).__name__} is shared, so "
+                                f"{name} must be an async method (see "
+                                f"adapters.stores.RedisStore)")
     return store  # type: ignore[return-value]
 
 

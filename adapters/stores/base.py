@@ -17,11 +17,12 @@ happens exactly once across a SIGKILL. See :mod:`adapters.hub` for the whole gua
 **Asynchronous on purpose.** Every method is a coroutine: a store must never block the
 hub's event loop (heartbeats, pongs and every other session run on it).
 :class:`~adapters.stores.MemoryStore` answers at once, in the loop;
-:class:`~adapters.stores.SQLiteStore` runs each call on its own thread. The interface is
-shaped for a store shared by many hubs (a Redis store, issue 12): calls are independent
-requests, wire numbers are assigned by the store inside the commit, and a store that
-cannot answer now raises :class:`StoreBusy` (the hub turns it into a retryable ``busy``),
-never blocks.
+:class:`~adapters.stores.SQLiteStore` runs each call on its own thread;
+:class:`~adapters.stores.RedisStore` is shared by many hubs: calls are independent
+requests, wire numbers are assigned by the store inside the commit, a resume
+:meth:`~SessionStore.claim`\ s the session (fencing), every commit carries the checks of
+:class:`Commit`, and a store that cannot answer now raises :class:`StoreBusy` (the hub
+turns it into a retryable ``busy``), never blocks.
 
 A store executes the calls of one hub in the order they were made. A store whose
 coroutines never suspend (they answer in the loop, like ``MemoryStore``) may say so with
