@@ -20,7 +20,7 @@ hub's event loop (heartbeats, pongs and every other session run on it).
 :class:`~adapters.stores.SQLiteStore` runs each call on its own thread;
 :class:`~adapters.stores.RedisStore` is shared by many hubs: calls are independent
 requests, wire numbers are assigned by the store inside the commit, a resume
-:meth:`~SessionStore.claim`\ s the session (fencing), every commit carries the checks of
+claims the session (:meth:`~SessionStore.claim`: fencing), every commit carries the checks of
 :class:`Commit`, and a store that cannot answer now raises :class:`StoreBusy` (the hub
 turns it into a retryable ``busy``), never blocks.
 
