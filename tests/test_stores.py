@@ -22,10 +22,13 @@ import pytest
 from adapters.stores import (
     Commit,
     Dropped,
+    EpochChanged,
+    Fenced,
     MemoryStore,
     SessionStore,
     SQLiteStore,
     StoreBusy,
+    StoreLost,
     Unauthorized,
     hash_token,
 )
@@ -388,5 +391,37 @@ def test_an_old_sqlite_file_is_migrated(workdir: Path) -> None:
         new, _ = await store.create(3.0, "bob")
         assert (await store.get(new.session_id)) == new
         await store.aclose()
+
+    run(main())
+
+
+def test_a_commit_refuses_a_stale_holder_an_old_epoch_and_a_store_behind_the_hub(
+        make_store: Factory) -> None:
+    """The checks a hub's commit carries (``Commit.generation``, ``epoch``, ``floors``,
+    and acknowledgements): each refusal names what is wrong and changes nothing."""
+    async def main() -> None:
+        store = make_store()
+        record, _ = await store.create(1.0)
+        sid = record.session_id
+        assert await store.commit(Commit(now=2.0, inbound=(sid, 1), sends=[(sid, "1")],
+                                         generation=record.generation,
+                                         epoch=store.epoch)) == [1]
+        claimed = await store.claim(sid, 3.0)
+        assert claimed is not None
+        taken, unacked = claimed
+        assert taken.generation == record.generation + 1 and taken.last_in == 1
+        assert [(o.wire, o.data) for o in unacked] == [(1, 1)]
+        before = (await store.get(sid), await store.unacked(sid))
+        refused = [
+            (Commit(now=4.0, inbound=(sid, 2), generation=record.generation), Fenced),
+            (Commit(now=4.0, inbound=(sid, 2), epoch="another epoch"), EpochChanged),
+            (Commit(now=4.0, sends=[(sid, "2")], floors={sid: 3}), StoreLost),
+            (Commit(now=4.0, acked={sid: 2}), StoreLost),
+        ]
+        for commit, error in refused:
+            with pytest.raises(error):
+                await store.commit(commit)
+            assert (await store.get(sid), await store.unacked(sid)) == before, error
+        assert await store.claim("nobody", 4.0) is None
 
     run(main())

@@ -42,6 +42,7 @@ from adapters.stores.base import (
     Outbound,
     SessionRecord,
     StoreBusy,
+    StoreLost,
     Unauthorized,
     Wire,
     check_commit,
@@ -342,6 +343,11 @@ class SQLiteStore:
                 if wire is not None:
                     db.execute("UPDATE sessions SET next_wire=? WHERE id=?", (wire, session_id))
             for session_id, upto in commit.acked.items():
+                row = db.execute("SELECT next_wire FROM sessions WHERE id=?",
+                                 (session_id,)).fetchone()
+                if row is not None and upto >= int(row[0]):
+                    raise StoreLost(f"session {session_id}: the client acknowledged "
+                                    f"{upto}, the store sent only up to {int(row[0]) - 1}")
                 db.execute("DELETE FROM outbound WHERE session=? AND wire<=?",
                            (session_id, upto))
                 db.execute("UPDATE sessions SET acked_out=? WHERE id=? AND acked_out<?",
