@@ -1263,6 +1263,10 @@ class Hub:
                                     ack=session.last_in, limits=self._announced()))
         if old is not Presence.PRESENT:
             self._notify(session_id, old, Presence.PRESENT)
+        else:  # unchanged here, but the other hubs must learn who holds it now
+            announce = getattr(self.store, "announce", None)
+            if announce is not None:
+                announce(session_id, Presence.PRESENT.value)
         self._log.info("= %s: session %s taken over (generation %d, from %s), %d to "
                        "replay", channel.address, session_id, record.generation,
                        "this hub" if local is not None else "the store", session.unacked)
