@@ -390,3 +390,38 @@ def test_a_client_sending_past_what_the_store_delivered_gets_a_new_epoch(
             await third.close()
 
     run(main())
+
+
+def test_presence_follows_a_session_to_the_hub_that_took_it_over(
+        shared_redis: RedisServer, redis_prefix: str) -> None:
+    """A client moves from hub A to hub B; B then stops (its liveness key goes): A,
+    which held the session once, shows it stale, then gone, because it learned that B
+    holds it now."""
+    async def main() -> None:
+        stores = [await RedisStore.connect(shared_redis.url, prefix=redis_prefix,
+                                           liveness=0.6) for _ in range(2)]
+        a, b = [await serve(lambda session, data: None, store=s, heartbeat=CLUSTER_HB,
+                            expire_after=0.5) for s in stores]
+        seen: list[tuple[str, str]] = []
+        a.on_presence(lambda sid, old, new: seen.append((old.value, new.value)))
+        try:
+            first = await Peer.open(a.port)
+            welcome = await first.hello()
+            second = await Peer.open(b.port)
+            assert (await second.hello(welcome.session, first.token)).resumed
+            await until(lambda: welcome.session not in a.sessions, "A lets go")
+            await asyncio.sleep(0.1)  # B's announcement reaches A
+            await b.close()
+            await stores[1].aclose()  # B is gone: its liveness key with it
+            await until(lambda: welcome.session not in a.presence, "A shows it gone",
+                        timeout=5)
+            assert seen == [("gone", "present"), ("present", "stale"), ("stale", "gone")]
+            await first.close()
+            await second.close()
+        finally:
+            await a.close()
+            await b.close()
+            for store in stores:
+                await store.aclose()
+
+    run(main())
