@@ -8,6 +8,8 @@ included, on its own thread; :class:`RedisStore` (:mod:`adapters.stores.redis`, 
 here.
 """
 
+from typing import TYPE_CHECKING
+
 from adapters.stores.base import (
     ID_BYTES,
     TOKEN_BYTES,
@@ -31,6 +33,9 @@ from adapters.stores.base import (
 )
 from adapters.stores.memory import MemoryStore
 from adapters.stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
+
+if TYPE_CHECKING:
+    from adapters.stores.redis import RedisStore
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
