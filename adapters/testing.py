@@ -62,6 +62,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from adapters.link import ActionHandler, Link, Undelivered
 from adapters.memory import MemoryDialer, MemoryServer, ServerConnection
+from adapters.profiles import examples
 from adapters.session_peer import SessionPeer
 from fsm import DEFAULT_SPEC, Backoff, Heartbeat, Spec, StateChange
 from fsm.actions import Action
@@ -364,5 +365,5 @@ class LinkUnderFaults(RuleBasedStateMachine):
             self.loop.close()
 
 
-LinkUnderFaults.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+LinkUnderFaults.TestCase.settings = settings(max_examples=examples(60), stateful_step_count=30,
                                              deadline=None)
