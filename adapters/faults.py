@@ -5,8 +5,9 @@ A :class:`Schedule` is a short list of timed :class:`Fault` objects (``Fault(1.2
 2.5 s). :func:`run_schedule` plays one against a real :class:`~adapters.link.Link` and
 an in-memory server on a virtual clock, sending a message every 0.25 s, checks the
 invariants at every state change and every 50 ms, and after the last fault checks that
-the link came back and lost nothing. When an invariant breaks it raises :class:`ScheduleFailed`, whose message is the run as
-a timeline and as a regression test to paste::
+the link came back and lost nothing. When an invariant breaks it raises
+:class:`ScheduleFailed`, whose message is the run as a timeline and as a regression
+test to paste::
 
     invariant broken at t=2.05: waiting after 2.050 s of silence (bound 2.0 s + 0.000 s
     forgiven after a stall)
