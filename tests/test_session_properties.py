@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from adapters.profiles import examples
 from fsm import (
     AbortTransport,
     Backoff,
@@ -235,6 +236,6 @@ class SessionMachine(RuleBasedStateMachine):
             f"lost: {set(self.sent) - delivered - held - handed}")
 
 
-SessionMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
+SessionMachine.TestCase.settings = settings(max_examples=examples(300), stateful_step_count=60,
                                             deadline=None)
 TestSessionProperties = SessionMachine.TestCase
