@@ -8,7 +8,8 @@ STAMP   := $(VENV)/.installed
 STUDIO  := tests/studio
 NPMSTAMP := $(STUDIO)/node_modules/.installed
 
-.PHONY: all test test-agentscope check demo demo-agentscope bench verify diagram clean
+.PHONY: all test test-agentscope check demo demo-agentscope bench verify diagram clean \
+	mutants mutants-quick soak
 
 all: check test
 
@@ -27,6 +28,26 @@ $(NPMSTAMP): $(STUDIO)/package.json $(STUDIO)/package-lock.json
 
 test: $(STAMP) $(NPMSTAMP)
 	$(BIN)/pytest -q
+
+# Mutation testing (tests/mutants/): the curated semantic mutants, each must be killed,
+# then mutmut over fsm/ (>= 90 % of the non-equivalent mutants killed). Long: not part of
+# `make test`. `make mutants-quick` runs the curated set only (a few minutes).
+MUTSTAMP := $(VENV)/.installed-mutants
+$(MUTSTAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,mutants]'
+	touch $@
+
+mutants: $(MUTSTAMP)
+	$(BIN)/python -m tests.mutants.run
+
+mutants-quick: $(MUTSTAMP)
+	$(BIN)/python -m tests.mutants.run --curated
+
+# The chaos soak (tests/soak.py): 100 links x 1,000 messages in session mode against real
+# `tether hub` processes behind the TCP fault proxy, 60 s of random faults, live progress.
+# A short version (10 links, 10 s) runs in `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --links 100 --messages 1000 --seconds 60
 
 # The optional test through the real AgentScope package, in a virtualenv of its own (it is
 # heavy: model SDKs, OpenTelemetry, numpy); not part of `make test`.
@@ -63,4 +84,4 @@ verify: $(STAMP)
 	    fsm.examples.paused:PAUSED_SPEC
 
 clean:
-	rm -rf $(VENV) $(ASVENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(STUDIO)/node_modules
+	rm -rf $(VENV) $(ASVENV) mutants .mypy_cache .ruff_cache .pytest_cache .hypothesis $(STUDIO)/node_modules

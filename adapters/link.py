@@ -490,6 +490,12 @@ class Link:
 
     # -- sending and receiving -------------------------------------------------------------
 
+    def fire(self, event: Event) -> None:
+        """Report a user event of a custom spec (``PauseRequested()``, ...) to the core
+        and perform what it decides. Raises what the core raises on it: an event the
+        spec does not know (``LocalProtocolError``), a send refused by the state."""
+        self._submit(event)
+
     async def send(self, payload: Any) -> None:
         """Queue ``payload`` for delivery; it goes out as soon as the link is live.
 

@@ -52,22 +52,30 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import async_solipsism
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from adapters.link import ActionHandler, Link, Undelivered
 from adapters.memory import MemoryDialer, MemoryServer, ServerConnection
+from adapters.profiles import examples
 from adapters.session_peer import SessionPeer
 from fsm import DEFAULT_SPEC, Backoff, Heartbeat, Spec, StateChange
 from fsm.actions import Action
 from fsm.errors import LinkClosedError, OutboxFull
+from fsm.events import Event
 
-__all__ = ["HOSTILE_FRAMES", "LinkUnderFaults"]
+__all__ = ["HOSTILE_FRAMES", "LinkUnderFaults", "check_spec"]
 
 #: Slack for "one scheduling tick" on the virtual clock.
 TICK = 0.01
@@ -99,6 +107,13 @@ class LinkUnderFaults(RuleBasedStateMachine):
     backoff: ClassVar[Backoff] = Backoff(initial=0.05, cap=1.0, grace=2.0)
     handshake_timeout: ClassVar[float] = 2.0
     session: ClassVar[bool] = False
+    #: Events of your spec the user may report at any moment (``PauseRequested()``, ...),
+    #: through :meth:`adapters.link.Link.fire`.
+    user_events: ClassVar[Sequence[Event]] = ()
+    #: Events the user reports when the faults are healed, before liveness is checked
+    #: (``ResumeRequested()``): a state the user parks the link in is not a failure to
+    #: come back, but a parked link that does not come back once resumed is.
+    resume_events: ClassVar[Sequence[Event]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,6 +199,22 @@ class LinkUnderFaults(RuleBasedStateMachine):
         the link must log them and carry on, every invariant intact."""
         self.callbacks_raise = True
 
+    @precondition(lambda self: bool(self.user_events))
+    @rule(pick=st.integers(0, 15))
+    def user_acts(self, pick: int) -> None:
+        """The user reports one of the spec's own events (pause, resume, ...)."""
+        event = self.user_events[pick % len(self.user_events)]
+        self._run(self._fire(event))
+        self.faults.add("user")  # heal resumes it
+
+    async def _fire(self, event: Event) -> None:
+        state = self.link.state
+        try:
+            self.link.fire(event)
+        except Exception as error:
+            raise AssertionError(f"{event!r} in state {state!r}: the spec's code raised "
+                                 f"{error!r}") from error
+
     # -- faults ------------------------------------------------------------------------
 
     @rule()
@@ -251,6 +282,9 @@ class LinkUnderFaults(RuleBasedStateMachine):
         if "refused" in self.faults:
             self._do(self.server.accept)
         self._do(self.server.clear)
+        if "user" in self.faults:
+            for event in self.resume_events:
+                self._run(self._fire(event))
         self.faults.clear()
 
     # -- session mode: the server talks back ----------------------------------------------
@@ -330,6 +364,24 @@ class LinkUnderFaults(RuleBasedStateMachine):
                 f"is {due}")
 
     @invariant()
+    def transport_watched(self) -> None:
+        """A state that keeps an open transport is watched: live (heartbeat deadlines), or
+        with a deadline of its own (handshake, rebuild). Otherwise a peer that dies while
+        the link sits there is never noticed: a state live in all but its tag."""
+        core = self.link.lifecycle
+        if core.transport == "open" and not core.tags.live and not core.tags.final:
+            assert core.next_deadline() is not None, (
+                f"{core.state!r} holds an open transport and nothing watches it: no "
+                f"heartbeat, no deadline (tag it 'live', or drop the transport on entering "
+                f"it, as paused does with abort_transport)")
+
+    @invariant()
+    def spec_code_never_raised(self) -> None:
+        """The spec's callbacks and conditions never raise (the driver would fail the link
+        with "the core raised ...")."""
+        assert "the core raised" not in self.link.reason, self.link.reason
+
+    @invariant()
     def one_transport(self) -> None:
         assert self.dialer.open_transports <= 1, self.dialer.open_transports
 
@@ -364,5 +416,26 @@ class LinkUnderFaults(RuleBasedStateMachine):
             self.loop.close()
 
 
-LinkUnderFaults.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+LinkUnderFaults.TestCase.settings = settings(max_examples=examples(60), stateful_step_count=30,
                                              deadline=None)
+
+
+def check_spec(spec: Spec, *, on_action: Mapping[type[Action], ActionHandler] | None = None,
+               session: bool = False, user_events: Sequence[Event] = (),
+               resume_events: Sequence[Event] = (), max_examples: int | None = None,
+               **overrides: Any) -> None:
+    """Run :class:`LinkUnderFaults` on ``spec`` now: one call instead of a subclass.
+
+    Raises the failing invariant's ``AssertionError``, after hypothesis shrank the run;
+    the steps of the shrunk run are printed and attached as the error's notes. The
+    state tags decide which invariants apply to each custom state. ``overrides`` set
+    other class attributes (``heartbeat``, ``backoff``, ``handshake_timeout``)."""
+    attributes: dict[str, Any] = {
+        "spec": spec, "on_action": dict(on_action or {}), "session": session,
+        "user_events": tuple(user_events), "resume_events": tuple(resume_events),
+        **overrides}
+    machine = type(f"{spec.name.title().replace('-', '')}UnderFaults", (LinkUnderFaults,),
+                   attributes)
+    run_state_machine_as_test(machine, settings=settings(
+        LinkUnderFaults.TestCase.settings,
+        max_examples=max_examples or examples(60)))

@@ -123,6 +123,42 @@ async def check_receive_nowait(fixture: EchoFixture) -> None:
         await transport.close()
 
 
+async def check_receive_mixed(fixture: EchoFixture) -> None:
+    """``receive()`` and ``receive_nowait()`` take from one buffer, in order: a frame taken
+    by one is never returned by the other, and none is skipped. The driver relies on it:
+    at a deadline it drains what is buffered with ``receive_nowait()`` while its reader
+    may be waiting in ``receive()`` (a transport that takes several loop turns to surface
+    a frame must not hand it over twice, nor lose the one taken meanwhile)."""
+    frames: list[Frame] = [f"mixed {i}" for i in range(12)]
+    async with _dialed(fixture) as transport:
+        pending = asyncio.ensure_future(transport.receive())
+        got: list[Frame] = []
+        async with asyncio.timeout(TIMEOUT):
+            for frame in frames:
+                await transport.send(frame)
+            while len(got) + pending.done() < len(frames):
+                frame_now = transport.receive_nowait()
+                if frame_now is None:
+                    await asyncio.sleep(0.001)
+                else:
+                    got.append(frame_now)
+                    await asyncio.sleep(0)  # let receive() compete for the next one
+        if pending.done():
+            got.append(await pending)
+        else:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        # Each frame exactly once, whichever of the two took it; receive_nowait() alone
+        # keeps the order of what it took.
+        assert sorted(got, key=frames.index) == frames, f"got {got}"
+        taken_nowait = got[:-1] if len(got) == len(frames) and pending.done() and \
+            not pending.cancelled() else got
+        assert taken_nowait == sorted(taken_nowait, key=frames.index), f"out of order: {got}"
+        assert transport.receive_nowait() is None
+        await transport.close()
+
+
 async def check_close(fixture: EchoFixture) -> None:
     """After ``close()``: ``closed`` is true, send and receive raise, close again is a no-op."""
     async with _dialed(fixture) as transport:
@@ -216,6 +252,7 @@ CHECKS: tuple[Check, ...] = (
     check_echo,
     check_ping,
     check_receive_nowait,
+    check_receive_mixed,
     check_close,
     check_abort,
     check_server_close,

@@ -27,6 +27,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from adapters.profiles import examples
 from fsm import (
     DEFAULT_SPEC,
     AbortTransport,
@@ -260,6 +261,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.transmitted == sorted(self.transmitted), "sent out of order"
 
 
-LifecycleMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
+LifecycleMachine.TestCase.settings = settings(max_examples=examples(300), stateful_step_count=60,
                                               deadline=None)
 TestLifecycleProperties = LifecycleMachine.TestCase

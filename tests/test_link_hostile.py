@@ -488,3 +488,25 @@ def test_credentials_in_the_request_line_stay_out_of_debug_logs(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("tether")]
     assert any("GET /?access_token=***" in line for line in lines), lines
     assert not any("s3cret" in line for line in lines)
+
+
+@pytest.mark.realsocket
+def test_credentials_in_a_request_path_stay_out_of_the_hubs_debug_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The hub logs the request line it receives ("< GET /?access_token=... HTTP/1.1")."""
+    from adapters.hub import serve
+
+    async def main() -> None:
+        hub = await serve(lambda session, data: None)
+        try:
+            url = f"ws://127.0.0.1:{hub.port}/agents?access_token=s3cret&room=7"
+            transport = await WebSocketDialer(url).dial({})
+            await transport.close()
+        finally:
+            await hub.close()
+
+    caplog.set_level(logging.DEBUG)
+    asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("tether")]
+    assert any("/agents?access_token=***&room=7" in line for line in lines), lines
+    assert not any("s3cret" in line for line in lines)

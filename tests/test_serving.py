@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.profiles import examples
 from fsm.errors import OutboxFull
 from fsm.protocol import Hello, ProtocolViolation
 from fsm.serving import AckClock, Intake, Ledger, Verdict, hello_kind, store_forgot
@@ -111,7 +112,7 @@ def test_ack_clock_batches_and_is_carried() -> None:
     assert not clock.carried(2, committed=3)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.data())
 def test_every_wire_number_reaches_the_client_once_in_order(data: st.DataObject) -> None:
     """The hub's own commits answer in any order, some messages come from another hub

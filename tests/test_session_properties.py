@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from adapters.profiles import examples
 from adapters.stores import Commit, Duplicate, Fenced, Gap
 from fsm import (
     AbortTransport,
@@ -260,7 +261,7 @@ class SessionMachine(RuleBasedStateMachine):
             f"lost: {set(self.sent) - delivered - held - handed}")
 
 
-SessionMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
+SessionMachine.TestCase.settings = settings(max_examples=examples(300), stateful_step_count=60,
                                             deadline=None)
 TestSessionProperties = SessionMachine.TestCase
 
@@ -358,4 +359,4 @@ def test_session_properties_against_the_redis_store(redis_server: RedisServer) -
     redis_server.start()
     RedisSessionMachine.url = redis_server.url
     run_state_machine_as_test(RedisSessionMachine, settings=settings(
-        max_examples=60, stateful_step_count=50, deadline=None))
+        max_examples=examples(60), stateful_step_count=50, deadline=None))
