@@ -72,6 +72,7 @@ class RedisServer:
 
     def start(self, timeout: float = 5.0) -> None:
         assert REDIS_SERVER is not None
+        self.kill()  # never two of ours on one directory
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--daemonize", "no",
                 "--maxmemory-policy", self.policy, "--logfile", "redis.log",
