@@ -85,8 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub = commands.add_parser("hub", help="the reference session-mode server")
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    hub.add_argument("--store", metavar="PATH.sqlite", default=None,
-                     help="durable SQLite session store (default: in memory)")
+    stores = hub.add_mutually_exclusive_group()
+    stores.add_argument("--store", metavar="PATH.sqlite", default=None,
+                        help="durable SQLite session store (default: in memory)")
+    stores.add_argument("--redis", metavar="redis://HOST:PORT/DB", default=None,
+                        help="sessions in Redis, shared by every hub started with the same "
+                             "URL: a cluster (needs tether[redis]; see README, many hubs)")
+    hub.add_argument("--redis-prefix", default="tether", metavar="PREFIX",
+                     help="key prefix in Redis (one cluster per prefix)")
     hub.add_argument("--echo", action="store_true", help="send every message back to its session")
     hub.add_argument("--expire-after", type=float, default=300.0, metavar="SECONDS",
                      help="forget sessions stale this long")

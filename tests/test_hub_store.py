@@ -215,7 +215,7 @@ def test_a_busy_store_error_frame_names_the_store() -> None:
     from adapters.stores import StoreBusy
 
     class BusyCommit(MemoryStore):
-        async def commit(self, commit: Any) -> list[int | None]:
+        async def commit(self, commit: Any) -> list[Any]:
             raise StoreBusy("sessions.sqlite is locked by another connection")
 
     async def main() -> None:

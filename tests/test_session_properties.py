@@ -7,6 +7,10 @@ session (the client resumes and replays with the same wire numbers) or loses it 
 new epoch (the client rebuilds once for that epoch, then re-sends what it holds). The
 rebuild hook sends an urgent ``register`` message on the connection being rebuilt.
 
+The same machine runs with the server's side in a real Redis store
+(:class:`RedisSessionMachine`): a resume is a claim, a delivery the store's commit
+script, a lost store Redis losing its data.
+
 Invariants users rely on:
 
 * **no gap, ever**: every frame the server reads is a duplicate or the next in order;
@@ -19,6 +23,8 @@ Invariants users rely on:
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,9 +33,11 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from adapters.profiles import examples
+from adapters.stores import Commit, Duplicate, Fenced, Gap
 from fsm import (
     AbortTransport,
     Backoff,
@@ -55,7 +63,9 @@ from fsm.events import (
     TransportLost,
     TransportReleased,
 )
+from tests.redis_server import RedisServer, redis_server
 
+FIXTURES = (redis_server,)
 REGISTER = "register"
 MAX_INFLIGHT = 3  # the server's flow limit, announced in its welcome
 
@@ -132,20 +142,38 @@ class SessionMachine(RuleBasedStateMachine):
 
     # -- the connection -----------------------------------------------------------------
 
+    # -- the server's store (a subclass puts it in a real store) -------------------------
+
+    def server_session(self, keep: bool) -> tuple[bool, str, int]:
+        """The server's answer to a hello: ``(resumed, epoch, acked)``. ``keep``: the
+        server still has the session; else it lost its store (a new epoch)."""
+        if keep and self.has_session:
+            return True, f"e{self.epoch}", self.server_last
+        self.epoch += 1
+        self.server_last = 0
+        self.has_session = True
+        return False, f"e{self.epoch}", 0
+
+    def server_delivers(self, wire: int) -> bool:
+        """The server reads client message ``wire``: True if it is delivered now."""
+        assert wire <= self.server_last + 1, (
+            f"gap: server expected {self.server_last + 1}, got {wire}")
+        if wire == self.server_last + 1:
+            self.server_last = wire
+            return True
+        return False
+
     @precondition(lambda self: self.dialing)
     @rule(keep=st.booleans())
     def server_answers(self, keep: bool) -> None:
         """The handshake: the server resumes the session, or lost it (new epoch)."""
         self.dialing, self.open = False, True
-        if keep and self.has_session:
-            self.feed(Connected(resumed=True, epoch=f"e{self.epoch}", acked=self.server_last,
+        resumed, epoch, acked = self.server_session(keep)
+        if resumed:
+            self.feed(Connected(resumed=True, epoch=epoch, acked=acked,
                                 max_inflight=MAX_INFLIGHT))
         else:
-            self.epoch += 1
-            self.server_last = 0
-            self.has_session = True
-            self.feed(Connected(resumed=False, epoch=f"e{self.epoch}",
-                                max_inflight=MAX_INFLIGHT))
+            self.feed(Connected(resumed=False, epoch=epoch, max_inflight=MAX_INFLIGHT))
 
     @precondition(lambda self: self.open and self.wire)
     @rule(count=st.integers(min_value=1, max_value=4), ack=st.booleans())
@@ -153,10 +181,7 @@ class SessionMachine(RuleBasedStateMachine):
         frames, self.wire = self.wire[:count], self.wire[count:]
         for envelope in frames:
             assert envelope.wire is not None
-            assert envelope.wire <= self.server_last + 1, (
-                f"gap: server expected {self.server_last + 1}, got {envelope.wire}")
-            if envelope.wire == self.server_last + 1:
-                self.server_last = envelope.wire
+            if self.server_delivers(envelope.wire):
                 self.delivered.append((self.epoch, envelope.payload))
         if ack:
             self.feed(MessagesAcked(upto=self.server_last))
@@ -239,3 +264,99 @@ class SessionMachine(RuleBasedStateMachine):
 SessionMachine.TestCase.settings = settings(max_examples=examples(300), stateful_step_count=60,
                                             deadline=None)
 TestSessionProperties = SessionMachine.TestCase
+
+
+class RedisSessionMachine(SessionMachine):
+    """The same machine with the server's side in a real :class:`RedisStore`: a resume
+    is a ``claim`` (fencing generation raised), each delivery a commit of the store's
+    one script (its duplicate and gap answers decide), and a lost store is Redis losing
+    its data (``FLUSHALL``): the epoch key is gone, the store makes a new one."""
+
+    url = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from adapters.stores.redis import RedisStore
+
+        self.runner = asyncio.Runner()
+        self.store = self.runner.run(RedisStore.connect(self.url, liveness=5.0))
+        self.runner.run(self.flush())
+        self.store_epoch = self.runner.run(self.store.new_epoch(""))
+        self.sid = ""
+        self.generation = 0
+
+    async def flush(self) -> None:
+        await self.store._r.flushall()
+
+    def teardown(self) -> None:
+        self.runner.run(self.store.aclose())
+        self.runner.close()
+
+    def server_session(self, keep: bool) -> tuple[bool, str, int]:
+        store = self.store
+        if keep and self.has_session:
+            claimed = self.runner.run(store.claim(self.sid, self.now))
+            assert claimed is not None, "the store lost a session it should keep"
+            record, _ = claimed
+            assert record.last_in == self.server_last
+            self.generation = record.generation
+            return True, store.epoch, record.last_in
+        if self.has_session:
+            self.runner.run(self.flush())  # Redis lost everything
+        record, _ = self.runner.run(store.create(self.now))
+        assert store.epoch not in self.epochs_seen, "a lost store kept its epoch"
+        self.epochs_seen.add(store.epoch)
+        self.sid, self.generation = record.session_id, record.generation
+        self.epoch += 1
+        self.server_last = 0
+        self.has_session = True
+        return False, store.epoch, 0
+
+    def server_delivers(self, wire: int) -> bool:
+        commit = Commit(now=self.now, inbound=(self.sid, wire), generation=self.generation,
+                        epoch=self.store.epoch)
+        try:
+            self.runner.run(self.store.commit(commit))
+        except Duplicate:
+            assert wire <= self.server_last
+            return False
+        except Gap as gap:
+            raise AssertionError(f"gap: the store has {gap.last_in}, got {wire}") from None
+        assert wire == self.server_last + 1
+        self.server_last = wire
+        return True
+
+    @precondition(lambda self: self.has_session)
+    @rule(back=st.integers(min_value=-1, max_value=2), stale=st.booleans())
+    def a_late_commit_is_refused(self, back: int, stale: bool) -> None:
+        """A commit the store must refuse, changing nothing: a message already
+        delivered (a retry whose answer was lost, a hub that missed a delivery), or one
+        from a hub whose hold on the session was taken over (an older generation)."""
+        wire = self.server_last - back  # back -1: the next message, from a stale hub
+        generation = self.generation - 1 if stale else self.generation
+        if wire < 1 or (stale and generation < 1) or (back < 0 and not stale):
+            return
+        commit = Commit(now=self.now, inbound=(self.sid, wire), generation=generation,
+                        epoch=self.store.epoch, sends=[(self.sid, '"late"')])
+        try:
+            self.runner.run(self.store.commit(commit))
+        except (Duplicate, Fenced):
+            pass
+        else:
+            raise AssertionError(f"the store took a late commit of {wire} (generation "
+                                 f"{generation}, holder's {self.generation})")
+        record = self.runner.run(self.store.get(self.sid))
+        assert record is not None and (record.last_in, record.next_wire) == \
+            (self.server_last, 1), record
+
+    @property
+    def epochs_seen(self) -> set[str]:
+        seen: set[str] = self.__dict__.setdefault("_epochs_seen", set())
+        return seen
+
+
+def test_session_properties_against_the_redis_store(redis_server: RedisServer) -> None:
+    redis_server.start()
+    RedisSessionMachine.url = redis_server.url
+    run_state_machine_as_test(RedisSessionMachine, settings=settings(
+        max_examples=examples(60), stateful_step_count=50, deadline=None))

@@ -21,15 +21,21 @@ import pytest
 
 from adapters.stores import (
     Commit,
+    Dropped,
+    EpochChanged,
+    Fenced,
     MemoryStore,
     SessionStore,
     SQLiteStore,
     StoreBusy,
+    StoreLost,
     Unauthorized,
     hash_token,
 )
+from tests.redis_server import redis_prefix, shared_redis
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = (redis_prefix, shared_redis)
 T = TypeVar("T")
 Factory = Callable[[], SessionStore]
 
@@ -49,16 +55,24 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Factory]:
     """A factory: MemoryStore gives the same instance each call (the process lives on),
-    SQLiteStore reopens the same file (a restarted process)."""
+    SQLiteStore reopens the same file (a restarted process), RedisStore connects anew
+    to the same Redis (another hub, or a restarted one)."""
     opened: list[SQLiteStore] = []
     memory = MemoryStore()
+    if request.param == "redis":
+        from adapters.stores.redis import RedisStore
+
+        server = request.getfixturevalue("shared_redis")
+        prefix = request.getfixturevalue("redis_prefix")
 
     def make() -> SessionStore:
         if request.param == "memory":
             return memory
+        if request.param == "redis":
+            return RedisStore(server.url, prefix=prefix)
         store = SQLiteStore(workdir / "sessions.sqlite")
         opened.append(store)
         return store
@@ -153,7 +167,7 @@ def test_the_store_numbers_sends_and_keeps_them_until_acknowledged(
         wires = await store.commit(Commit(now=2.0, sends=[(sid, '{"a":1}'), (sid, "[1,2]")]))
         assert wires == [1, 2]
         assert await store.commit(Commit(now=2.0, sends=[(sid, "null"), ("gone", "1")])) \
-            == [3, None]  # a send to a session the store no longer has is dropped
+            == [3, Dropped.GONE]  # a send to a session the store no longer has is dropped
         assert [(o.wire, o.data) for o in await store.unacked(sid)] == \
             [(1, {"a": 1}), (2, [1, 2]), (3, None)]
         await store.commit(Commit(now=3.0, acked={sid: 2}))
@@ -377,5 +391,37 @@ def test_an_old_sqlite_file_is_migrated(workdir: Path) -> None:
         new, _ = await store.create(3.0, "bob")
         assert (await store.get(new.session_id)) == new
         await store.aclose()
+
+    run(main())
+
+
+def test_a_commit_refuses_a_stale_holder_an_old_epoch_and_a_store_behind_the_hub(
+        make_store: Factory) -> None:
+    """The checks a hub's commit carries (``Commit.generation``, ``epoch``, ``floors``,
+    and acknowledgements): each refusal names what is wrong and changes nothing."""
+    async def main() -> None:
+        store = make_store()
+        record, _ = await store.create(1.0)
+        sid = record.session_id
+        assert await store.commit(Commit(now=2.0, inbound=(sid, 1), sends=[(sid, "1")],
+                                         generation=record.generation,
+                                         epoch=store.epoch)) == [1]
+        claimed = await store.claim(sid, 3.0)
+        assert claimed is not None
+        taken, unacked = claimed
+        assert taken.generation == record.generation + 1 and taken.last_in == 1
+        assert [(o.wire, o.data) for o in unacked] == [(1, 1)]
+        before = (await store.get(sid), await store.unacked(sid))
+        refused = [
+            (Commit(now=4.0, inbound=(sid, 2), generation=record.generation), Fenced),
+            (Commit(now=4.0, inbound=(sid, 2), epoch="another epoch"), EpochChanged),
+            (Commit(now=4.0, sends=[(sid, "2")], floors={sid: 3}), StoreLost),
+            (Commit(now=4.0, acked={sid: 2}), StoreLost),
+        ]
+        for commit, error in refused:
+            with pytest.raises(error):
+                await store.commit(commit)
+            assert (await store.get(sid), await store.unacked(sid)) == before, error
+        assert await store.claim("nobody", 4.0) is None
 
     run(main())

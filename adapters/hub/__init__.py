@@ -70,6 +70,17 @@ A session stale for ``expire_after`` (``limits.expire_empty`` if it never delive
 anything) is ``gone``: forgotten at once, dropped from the store when it answers.
 Changes reach ``on_presence`` callbacks as ``(session_id, old, new)``.
 
+**Many hubs** (a store with ``shared = True``: :class:`~adapters.stores.RedisStore`).
+Sessions are not loaded at start: a ``hello`` that resumes *claims* the session from
+the store (its fencing generation goes up, the hub that held it is told and lets go),
+and every commit carries the generation it was claimed with, the store's epoch and the
+wire numbers the hub holds, so a stale hub's late commit, a store in a new epoch and a
+store that lost writes are all refused. ``hub.send`` takes the id of a session another
+hub holds (the store numbers the message and pokes that hub, which also re-reads its
+sessions' heads now and then: a lost poke only delays). Presence changes are published
+and other hubs' sessions appear in ``hub.presence``; a hub whose liveness key expired
+has its sessions shown stale, then gone. See the README, "Many hubs on Redis".
+
 **Memory is bounded in bytes.** Per session: ``limits.outbox``/``outbox_bytes`` of
 unacknowledged messages, each held once; ``limits.read_ahead`` of client messages read
 and not yet delivered. Per socket: its buffer (websockets' write limit plus one frame;

@@ -28,7 +28,7 @@ from typing import Any
 from adapters.hub.guard import HandshakeRequest
 from adapters.hub.server import Hub, serve
 from adapters.hub.session import Session
-from adapters.stores import MemoryStore, SQLiteStore
+from adapters.stores import MemoryStore, SessionStore, SQLiteStore, StoreBusy
 
 __all__ = ["MIN_TOKEN", "TokenFile", "main", "run_command"]
 
@@ -103,8 +103,26 @@ def _discard(session: Session, data: Any) -> None:
     logger.debug("= %s: message delivered (not echoed)", session.id)
 
 
+async def _open_store(args: argparse.Namespace) -> SessionStore:
+    redis_url = getattr(args, "redis", None)
+    if redis_url:
+        try:
+            from adapters.stores.redis import RedisStore  # noqa: PLC0415 (an extra)
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+        try:
+            return await RedisStore.connect(redis_url,
+                                            prefix=getattr(args, "redis_prefix", "tether"))
+        except StoreBusy as error:
+            raise ValueError(f"--redis: {error}") from None
+    return SQLiteStore(args.store) if args.store else MemoryStore()
+
+
 async def _run(args: argparse.Namespace, tokens: TokenFile | None) -> None:
-    store = SQLiteStore(args.store) if args.store else MemoryStore()
+    store = await _open_store(args)
+    if getattr(store, "shared", False):
+        logger.warning("= node %s of the cluster on %r, epoch %s",
+                       getattr(store, "node", "?"), store, store.epoch)
     try:
         hub: Hub = await serve(_echo if args.echo else _discard, args.host, args.port,
                                store=store, expire_after=args.expire_after,
@@ -119,8 +137,8 @@ async def _run(args: argparse.Namespace, tokens: TokenFile | None) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """``tether hub``: run until interrupted; print ``listening PORT`` (flushed) once
-    ready. ``args``: ``host``, ``port``, ``store``, ``echo``, ``expire_after``,
-    ``token_file``, ``log_level`` (see ``adapters/cli.py``)."""
+    ready. ``args``: ``host``, ``port``, ``store`` or ``redis`` (with ``redis_prefix``),
+    ``echo``, ``expire_after``, ``token_file``, ``log_level`` (see ``adapters/cli.py``)."""
     logging.basicConfig(level=args.log_level.upper(),
                         format="hub %(name)s %(levelname)s %(message)s")
     tokens: TokenFile | None = None

@@ -15,6 +15,7 @@ import contextvars
 import inspect
 import json
 import logging
+import secrets
 import ssl as ssl_module
 import time
 from collections import Counter
@@ -43,15 +44,25 @@ from adapters.hub.session import Session
 from adapters.hub.wire import Channel, WireConnection
 from adapters.stores import (
     Commit,
+    CommitRefused,
+    Dropped,
+    Duplicate,
     Effect,
+    EpochChanged,
+    Fenced,
+    Gap,
     MemoryStore,
+    SessionGone,
     SessionRecord,
     SessionStore,
     StoreBusy,
+    StoreLost,
     Unauthorized,
+    Wire,
 )
 from adapters.websocket import wire_logger
 from fsm import protocol
+from fsm.errors import OutboxFull
 from fsm.heartbeat import Heartbeat
 from fsm.presence import (
     AbortConnection,
@@ -69,6 +80,7 @@ from fsm.presence import (
 )
 from fsm.protocol import MAX_DEPTH, Ack, Hello, Msg, Ping, Pong, ProtocolViolation, Welcome
 from fsm.protocol import Error as ErrorFrame
+from fsm.serving import Verdict, hello_kind, store_forgot
 from fsm.session import DEFAULT_ACK_DELAY, DEFAULT_ACK_EVERY
 
 __all__ = ["DEFAULT_EXPIRE_AFTER", "Authenticate", "Handler", "Hub", "serve"]
@@ -114,13 +126,37 @@ class _StoreStayedBusy(Exception):
     """A delivery's commit found the store busy for ``retry_after``: not delivered."""
 
 
+class _Superseded(Exception):
+    """The store refused a delivery's commit: another hub holds the session now, or the
+    store lost data or moved to a new epoch. Not delivered; the client reconnects."""
+
+
+@dataclass(slots=True)
+class _Remote:
+    """A session another hub holds, as that hub announced it (shared stores)."""
+
+    node: str
+    presence: Presence
+    since: float
+
+
+#: A send on its way to the store: its target (a session this hub holds, or the id of
+#: one another hub may hold: shared stores only), the JSON text, its size in bytes (room
+#: reserved at a held target), and the sender's future (``None`` inside a handler).
+_Planned = tuple["Session | str", str, int, "asyncio.Future[None] | None"]
+
+
+def _target_id(target: Session | str) -> str:
+    return target if isinstance(target, str) else target.id
+
+
 @dataclass(slots=True)
 class _Delivery:
     """One client message being handled: what its commit will record."""
 
     session: Session
     seq: int
-    sends: list[tuple[Session, str, int]] = field(default_factory=list)
+    sends: list[_Planned] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     open: bool = True
 
@@ -134,38 +170,49 @@ class _Sends:
     Settled exactly once: they *arrive* (the commit that carries them succeeded) or are
     *released* (it failed, or never happened)."""
 
-    def __init__(self, hub: Hub, plan: list[tuple[Session, str, int]],
-                 futures: list[asyncio.Future[None]] | None = None) -> None:
+    def __init__(self, hub: Hub, plan: list[_Planned]) -> None:
         self.hub = hub
         self.plan = plan
-        self.futures = futures or []
         self.settled = False
         self.handed_over = False  # a cancelled caller left settling to the commit
 
-    def arrived(self, wires: list[int | None]) -> None:
+    def arrived(self, wires: list[Wire]) -> None:
         if self.settled:
             return
         self.settled = True
-        for (target, text, size), wire in zip(self.plan, wires, strict=True):
-            if wire is None:
+        for (target, text, size, future), wire in zip(self.plan, wires, strict=True):
+            if isinstance(wire, int):
+                if not isinstance(target, str):
+                    target._arrive(wire, text, size)
+                    self.hub._update_idle(target)  # it holds a message now
+                if future is not None and not future.done():
+                    future.set_result(None)
+                continue
+            if not isinstance(target, str):
                 target._unreserve(size)
-                self.hub._log.warning("! send to session %s dropped: it expired meanwhile",
-                                      target.id)
+            error: Exception
+            if wire is Dropped.FULL:
+                error = OutboxFull(f"session {_target_id(target)}: its outbox in the store "
+                                   f"is full ({self.hub.limits.outbox} messages or "
+                                   f"{self.hub.limits.outbox_bytes} bytes, sends from every "
+                                   f"hub counted): message not accepted")
             else:
-                target._arrive(wire, text, size)
-                self.hub._update_idle(target)  # it holds a message now: not forgettable
-        for future in self.futures:
-            if not future.done():
-                future.set_result(None)
+                error = LookupError(f"no session {_target_id(target)!r}: it expired or was "
+                                    f"lost before the message was committed")
+            self.hub._log.warning("! send to session %s dropped: %s", _target_id(target),
+                                  error)
+            if future is not None and not future.done():
+                future.set_exception(error)
+                future.exception()  # logged just above
 
     def release(self, error: BaseException) -> None:
         if self.settled:
             return
         self.settled = True
-        for target, _, size in self.plan:
-            target._unreserve(size)
-        for future in self.futures:
-            if not future.done():
+        for target, _, size, future in self.plan:
+            if not isinstance(target, str):
+                target._unreserve(size)
+            if future is not None and not future.done():
                 future.set_exception(error)
                 future.exception()  # logged by the hub: no "never retrieved" warning
 
@@ -189,6 +236,11 @@ class Hub:
         # A store whose calls never suspend (MemoryStore) is awaited directly; any other
         # commit runs as its own task, shielded, so that its outcome is never lost.
         self._immediate = getattr(store, "immediate", False) is True
+        # A store many hubs share (RedisStore): sessions are claimed on resume (fencing),
+        # other hubs' sends arrive through the store, presence is heard from the others.
+        self._shared = getattr(store, "shared", False) is True
+        self._remote: dict[str, _Remote] = {}  # sessions other hubs hold, as announced
+        self._unlisten: Callable[[], None] | None = None
         self._log = CalmLog(logger)
         self._sessions: dict[str, Session] = {}
         self._presence: dict[str, Presence] = {}
@@ -199,7 +251,7 @@ class Hub:
         self._guard = Guard(limits, connection_cap(limits.max_connections))
         # A client's socket buffer may hold one frame being written plus write_buffer.
         self._write_budget = limits.write_buffer + limits.max_frame + 1024
-        self._outgoing: list[tuple[Session, str, int, asyncio.Future[None]]] = []
+        self._outgoing: list[_Planned] = []
         self._acks: dict[str, int] = {}  # acknowledgements not written to the store yet
         self._drops: set[str] = set()  # sessions forgotten, not yet dropped from the store
         self._flush_wake = asyncio.Event()
@@ -265,22 +317,40 @@ class Hub:
         goes out after it; the returned future is already done. Elsewhere it is
         committed soon, in order with other such sends (batched); the returned future
         resolves when it is committed (awaiting it is optional: a failure is logged
-        either way; a busy store is retried until it answers).
+        either way; a busy store is retried for ``10 * limits.retry_after``, then the
+        future fails with :class:`~adapters.stores.StoreBusy`).
+
+        With a shared store (:class:`~adapters.stores.RedisStore`) ``session_id`` may be
+        held by another hub: the message is committed to the session in the store and
+        that hub is poked; what only the store can check fails the future instead
+        (``LookupError`` for a session it does not have, ``OutboxFull`` when its outbox
+        is full), and ``StoreBusy`` is raised at once while the store is unreachable.
         """
         if self._closed:
             raise RuntimeError("hub.send() after hub.close(): the hub is closed")
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise LookupError(f"no session {session_id!r}")
-        text, size = self._encode(data)
-        session._reserve(size)
-        future: asyncio.Future[None] = self._loop.create_future()
+        target: Session | str | None = self._sessions.get(session_id)
+        if target is None:
+            if not self._shared:
+                raise LookupError(f"no session {session_id!r}")
+            given: object = session_id
+            if not isinstance(given, str) or not given:
+                raise LookupError(f"no session {session_id!r}")
+            target = session_id  # another hub may hold it: the store decides
         delivery = _current.get()
+        in_handler = delivery is not None and delivery.open
+        if self._shared and not in_handler and not getattr(self.store, "available", True):
+            # (inside a handler the delivery's commit answers for it: busy, replayed)
+            raise StoreBusy(f"the session store is unavailable ({self.store!r}): message "
+                            f"not accepted; try again later")
+        text, size = self._encode(data)
+        if not isinstance(target, str):
+            target._reserve(size)
+        future: asyncio.Future[None] = self._loop.create_future()
         if delivery is not None and delivery.open:
-            delivery.sends.append((session, text, size))
+            delivery.sends.append((target, text, size, None))
             future.set_result(None)
         else:
-            self._outgoing.append((session, text, size, future))
+            self._outgoing.append((target, text, size, future))
             self._flush_wake.set()
         return future
 
@@ -295,6 +365,8 @@ class Hub:
             helper.cancel()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
+        if self._unlisten is not None:
+            self._unlisten()
         for session in self._sessions.values():
             session._cancel_timers()
         tasks = list(self._tasks)
@@ -312,8 +384,7 @@ class Hub:
         pending, self._outgoing = self._outgoing, []
         if pending:
             self._log.error("! hub closed with %d sends not committed", len(pending))
-            _Sends(self, [(t, x, s) for t, x, s, _ in pending],
-                   [f for *_, f in pending]).release(
+            _Sends(self, pending).release(
                 RuntimeError("the hub closed before this message was committed"))
         if self._owns_store:
             await self.store.aclose()
@@ -343,6 +414,8 @@ class Hub:
             process_request=self._process_request, **options)
         self._helpers = [asyncio.create_task(self._flushing()),
                          asyncio.create_task(self._housekeeping())]
+        if self._shared:
+            self._helpers.append(asyncio.create_task(self._watching_the_cluster()))
         if self.max_connections < self.limits.max_connections:
             self._log.info("= connection cap %d (limits.max_connections %d, lowered for the "
                         "file descriptor limit)", self.max_connections,
@@ -356,6 +429,11 @@ class Hub:
         rebuild presence from their wall-clock ``last_seen``, refill their outboxes."""
         wall, now = time.time(), self._loop.time()
         bound = self.heartbeat.bound
+        if self._shared:  # sessions are claimed one by one, on resume
+            on_event = getattr(self.store, "on_event", None)
+            if on_event is not None:
+                self._unlisten = on_event(self._store_event)
+            return
         expired = await self.store.expire(wall - bound - self.expire_after)
         if expired:
             self._log.info("= %d sessions expired while the hub was down", len(expired))
@@ -524,6 +602,8 @@ class Hub:
             error = worker.exception()
             if isinstance(error, _HandlerFailed):
                 await channel.close(1011, "handler failed")
+            elif isinstance(error, _Superseded):
+                await channel.close(1012, "session moved")
             elif isinstance(error, _StoreStayedBusy):
                 await channel.fail("busy", f"the session store is busy: {error}", 1013,
                                    retry_after=self.limits.retry_after)
@@ -566,10 +646,12 @@ class Hub:
         if not self._guard.hello(owner, self._loop.time()):
             raise _Busy(f"more than {self.limits.hello_rate} hellos per second from {owner}",
                         self.limits.retry_after)
-        if (frame.session is None) != (frame.token is None):
-            raise ProtocolViolation("malformed", "hello needs both 'session' and 'token' to "
-                                                 "resume, or neither")
-        if frame.session is not None and frame.token is not None:
+        resume = hello_kind(frame) == "resume"
+        if resume and frame.session is not None and frame.token is not None and self._shared:
+            taken = await self._take_over(channel, frame, frame.session, frame.token)
+            if taken is not None:
+                return taken
+        elif frame.session is not None and frame.token is not None:
             session = self._sessions.get(frame.session)
             if session is not None:
                 record = await self._check_token(channel, frame.session, frame.token)
@@ -645,7 +727,7 @@ class Hub:
         channel.session = session
         channel.sent = sent
         channel.ack_sent = session.last_in
-        session._read = session.last_in
+        session._intake.attached()
         session._inbox.clear()
         session._inbox_size = 0
         self._update_idle(session)
@@ -690,21 +772,25 @@ class Hub:
             if isinstance(frame, Ping):
                 channel.pong()
             elif isinstance(frame, Msg):
-                if frame.seq <= session._read:
-                    session._duplicates += 1
+                try:
+                    verdict = session._intake.receive(frame.seq, channel.ack_sent,
+                                                      limits.max_inflight)
+                except ProtocolViolation as violation:
+                    if violation.code == "gap" and self._shared and \
+                            channel.msgs_read == 0 and frame.seq > session.last_in + 1:
+                        # A client resuming past what the store says it delivered: the
+                        # store lost a delivery it had acknowledged (an fsync window, a
+                        # lagging replica). Not the client's fault: a new epoch.
+                        await self._store_lost(
+                            f"session {session.id}: the client sent msg {frame.seq}, the "
+                            f"store has it delivered only up to {session.last_in}")
+                    raise
+                if verdict is not Verdict.DELIVER:
                     self._log.debug("= %s: duplicate msg %d dropped", session.id, frame.seq)
-                    if frame.seq <= session.last_in:
+                    if verdict is Verdict.DUPLICATE_ACK:
                         self._owe_ack(session, force=True)
                     continue
-                if frame.seq - channel.ack_sent > limits.max_inflight:
-                    raise ProtocolViolation(
-                        "overflow", f"msg {frame.seq} while the hub acknowledged "
-                                    f"{channel.ack_sent}: more than max_inflight "
-                                    f"{limits.max_inflight}")
-                if frame.seq != session._read + 1:
-                    raise ProtocolViolation("gap", f"expected msg seq {session._read + 1}, "
-                                                   f"got {frame.seq}")
-                session._read = frame.seq
+                channel.msgs_read += 1
                 session._inbox.append((frame, len(text)))
                 session._inbox_size += len(text)
                 more.set()
@@ -714,10 +800,7 @@ class Hub:
                     await room.wait()
 
     def _check_ack(self, session: Session, ack: int) -> None:
-        highest = session._highest_wire
-        if ack > highest:
-            raise ProtocolViolation("ack", f"client acknowledged {ack}, but the hub sent "
-                                           f"only up to {highest}")
+        session._out.check_ack(ack)
         session._acknowledged(ack)
 
     def _ack_to_store(self, session: Session, upto: int) -> None:
@@ -780,14 +863,11 @@ class Hub:
             finally:
                 delivery.open = False
                 _current.reset(token)
-            acked = self._acks.pop(session.id, None)
-            commit = Commit(now=time.time(), inbound=(session.id, msg.seq),
-                            sends=[(target.id, text) for target, text, _ in delivery.sends],
-                            acked={session.id: acked} if acked is not None else {},
-                            effects=tuple(delivery.effects))
+            commit = self._commit_of(delivery.sends, session, msg.seq,
+                                     effects=tuple(delivery.effects))
 
             def delivered() -> None:
-                session._committed = msg.seq
+                session._intake.delivered(msg.seq)
                 session.delivered += 1
                 self._update_idle(session)
                 self._owe_ack(session)
@@ -805,6 +885,11 @@ class Hub:
                         raise _StoreStayedBusy(str(error)) from error
                     await asyncio.sleep(pause)
                     pause = min(2 * pause, 0.2)
+                except CommitRefused as error:
+                    self._log.warning("! %s: msg %d not committed, the store refused: %s",
+                                      session.id, msg.seq, error)
+                    await self._refused(error, session)
+                    raise _Superseded(str(error)) from error
                 except Exception as error:
                     self._log.exception("! %s: commit of msg %d failed; not delivered, the "
                                      "client will send it again", session.id, msg.seq)
@@ -828,7 +913,7 @@ class Hub:
             return
         task = asyncio.ensure_future(self.store.commit(commit))
 
-        def settle(done: asyncio.Future[list[int | None]]) -> None:
+        def settle(done: asyncio.Future[list[Wire]]) -> None:
             if done.cancelled() or done.exception() is not None:
                 if sends.handed_over:
                     sends.release(RuntimeError("the commit failed"))
@@ -844,6 +929,73 @@ class Hub:
             if not task.done():
                 sends.handed_over = True
             raise
+
+    def _commit_of(self, plan: list[_Planned], session: Session | None, seq: int, *,
+                   effects: tuple[Effect, ...] = (),
+                   acked: dict[str, int] | None = None) -> Commit:
+        """The store commit of a delivery (``session``, ``seq``) or of a batch of sends,
+        with the checks a shared store makes: the fencing generation, the epoch, the
+        wire numbers this hub already holds (``floors``), the outbox bounds."""
+        acks = dict(acked or {})
+        floors: dict[str, int] = {}
+        held: list[Session] = [t for t, *_ in plan if not isinstance(t, str)]
+        if session is not None:
+            held.append(session)
+        for target in held:
+            pending = self._acks.pop(target.id, None)  # written with this commit
+            if pending is not None:
+                acks[target.id] = max(pending, acks.get(target.id, 0))
+            if self._shared:
+                floors[target.id] = target._next_wire
+        shared = self._shared
+        return Commit(
+            now=time.time(),
+            inbound=(session.id, seq) if session is not None else None,
+            sends=[(_target_id(t), text) for t, text, _, _ in plan], acked=acks,
+            effects=effects, generation=session._generation if session is not None else None,
+            epoch=self.epoch, floors=floors,
+            limits=(self.limits.outbox, self.limits.outbox_bytes) if shared else None,
+            commit_id=secrets.token_hex(12) if shared else None)
+
+    async def _refused(self, error: CommitRefused, session: Session | None) -> None:
+        """The store refused a commit: let go of what this hub no longer holds."""
+        if isinstance(error, Fenced | Duplicate | SessionGone):
+            if session is not None and self._sessions.get(session.id) is session:
+                self._release(session, keep_presence=isinstance(error, Fenced | Duplicate))
+            return
+        if isinstance(error, StoreLost | Gap):
+            await self._store_lost(str(error))
+        elif isinstance(error, EpochChanged):
+            self._epoch_moved(error.current)
+
+    async def _store_lost(self, why: str) -> None:
+        """The store is behind what it acknowledged: move it to a new epoch (every client
+        rebuilds once) rather than resume anyone on a store that forgot."""
+        self._log.error("! the session store lost data: %s; moving it to a new epoch", why)
+        new_epoch = getattr(self.store, "new_epoch", None)
+        if new_epoch is not None:
+            try:
+                epoch = await new_epoch(self.epoch)
+            except StoreBusy as error:
+                self._log.error("! could not move the store to a new epoch: %s", error)
+                return
+            self._epoch_moved(epoch)
+
+    def _epoch_moved(self, epoch: str) -> None:
+        """Every session held from an older epoch is gone: drop them (their clients
+        reconnect, get a new session and rebuild)."""
+        lost = [s for s in self._sessions.values() if s._epoch != epoch]
+        if lost:
+            self._log.warning("= the store is in epoch %s: %d sessions of the old epoch are "
+                              "gone", epoch, len(lost))
+        for session in lost:
+            old = session.presence
+            self._release(session, keep_presence=False)
+            self._notify(session.id, old, Presence.GONE)
+        for sid in list(self._remote):
+            remote = self._remote.pop(sid)
+            self._presence.pop(sid, None)
+            self._notify(sid, remote.presence, Presence.GONE, local=False)
 
     # -- sends outside handlers, and deferred store writes ----------------------------------------
 
@@ -863,21 +1015,33 @@ class Hub:
         batch, self._outgoing = self._outgoing, []
         acked, self._acks = self._acks, {}
         if batch or acked:
-            sends = _Sends(self, [(t, text, size) for t, text, size, _ in batch],
-                           [future for *_, future in batch])
-            commit = Commit(now=time.time(), sends=[(t.id, text) for t, text, _, _ in batch],
-                            acked=acked)
+            sends = _Sends(self, batch)
+            commit = self._commit_of(batch, None, 0, acked=acked)
             pause = 0.01
+            give_up = self._loop.time() + 10 * self.limits.retry_after
             try:
                 while True:
                     try:
                         await self._commit(commit, sends)
                         break
                     except StoreBusy as error:
+                        if self._loop.time() + pause > give_up:
+                            self._log.error("! %d sends not committed: the store stayed "
+                                            "busy: %s", len(batch), error)
+                            for sid, upto in acked.items():  # try those again later
+                                self._acks[sid] = max(upto, self._acks.get(sid, 0))
+                            sends.release(error)
+                            break
                         self._log.warning("! %d sends not committed yet, retrying: %s",
                                        len(batch), error)
                         await asyncio.sleep(pause)
                         pause = min(2 * pause, self.limits.retry_after)
+                    except CommitRefused as error:
+                        self._log.warning("! %d sends not committed, the store refused: %s",
+                                          len(batch), error)
+                        sends.release(error)
+                        await self._refused(error, None)
+                        break
                     except Exception as error:
                         self._log.exception("! %d sends could not be committed", len(batch))
                         for sid, upto in acked.items():  # try those again later
@@ -904,23 +1068,17 @@ class Hub:
         channel = session._channel
         if channel is None:
             return
-        if force:
-            session._ack_forced = True
-        elif channel.ack_sent >= session.last_in:
-            return
-        now = self._loop.time()
-        if session._ack_owed_since is None:
-            session._ack_owed_since = now
-        due = session._ack_owed_since + self.ack_delay
-        if session.last_in - channel.ack_sent >= self.ack_every or now >= due:
+        owed = session._acks.owe(self._loop.time(), session.last_in, channel.ack_sent,
+                                 force=force)
+        if owed is True:
             channel.ack()
-        elif session._ack_timer is None:
-            session._ack_timer = self._loop.call_at(due, self._ack_due, session)
+        elif isinstance(owed, float) and session._ack_timer is None:
+            session._ack_timer = self._loop.call_at(owed, self._ack_due, session)
 
     def _ack_due(self, session: Session) -> None:
         session._ack_timer = None
         channel = session._channel
-        if channel is not None and (session._ack_forced or channel.ack_sent < session.last_in):
+        if channel is not None and session._acks.due(session.last_in, channel.ack_sent):
             channel.ack()
 
     # -- presence ---------------------------------------------------------------------------------
@@ -991,7 +1149,15 @@ class Hub:
 
     def _forget(self, session: Session) -> None:
         """Drop a session: from memory now, from the store when it next answers (a store
-        that fails cannot keep a session from expiring)."""
+        that fails cannot keep a session from expiring). A shared store drops it only
+        if this hub still holds it."""
+        self._release(session, keep_presence=False)
+        self._drops.add(session.id)
+        self._flush_wake.set()
+
+    def _release(self, session: Session, *, keep_presence: bool) -> None:
+        """Let go of a session in memory (its connection aborted); the store keeps it.
+        ``keep_presence``: another hub holds it now, and tells its presence."""
         session._cancel_timers()
         channel = session._channel
         if channel is not None:
@@ -999,18 +1165,25 @@ class Hub:
             channel.abort()
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
-        self._presence.pop(session.id, None)
+        remote = self._remote.get(session.id)
+        if keep_presence and remote is not None:
+            self._presence[session.id] = remote.presence
+        elif not keep_presence:
+            self._presence.pop(session.id, None)
         self._idle.pop(session.id, None)
         owned = self._owners.get(session._owner)
         if owned is not None:
             owned.discard(session.id)
             if not owned:
                 del self._owners[session._owner]
-        self._drops.add(session.id)
-        self._flush_wake.set()
 
-    def _notify(self, session_id: str, old: Presence, new: Presence) -> None:
+    def _notify(self, session_id: str, old: Presence, new: Presence, *,
+                local: bool = True) -> None:
         self._log.debug("= %s: %s -> %s", session_id, old.value, new.value)
+        if local and self._shared:  # the other hubs hear it too
+            announce = getattr(self.store, "announce", None)
+            if announce is not None:
+                announce(session_id, new.value)
         for callback in list(self._callbacks):
             try:
                 callback(session_id, old, new)
@@ -1047,6 +1220,187 @@ class Hub:
         if self._drops:
             self._flush_wake.set()
         return flushed
+
+    # -- the cluster (a shared store) -------------------------------------------------------------
+
+    async def _take_over(self, channel: Channel, hello: Hello, session_id: str, token: str
+                         ) -> Session | None:
+        """Resume a session from a shared store, wherever it was held: claim it (the
+        store raises its fencing generation and tells the hub that held it), load it,
+        replay. ``None``: the store does not have it (the caller opens a new one)."""
+        record = await self._check_token(channel, session_id, token)
+        if record is None:
+            return None
+        local = self._sessions.get(session_id)
+        old = self._presence.get(session_id, Presence.GONE)
+        if local is not None:
+            async with local._lock:  # a delivery under way on an older connection ends
+                self._release(local, keep_presence=True)
+        try:
+            claimed = await self.store.claim(session_id, time.time())
+        except StoreBusy:
+            raise _Busy("the session store is busy", self.limits.retry_after) from None
+        if claimed is None:
+            return None
+        record, outbound = claimed
+        if store_forgot(hello.ack, record.next_wire):
+            # The client has messages the store never sent: the store forgot them (an
+            # fsync window, a failover to a lagging replica). Resuming would renumber
+            # the client's stream; a new epoch makes it rebuild instead.
+            await self._store_lost(f"session {session_id}: the client acknowledged "
+                                   f"{hello.ack}, the store sent only up to "
+                                   f"{record.next_wire - 1}")
+            return None
+        session = Session(self, record, PresenceWatch(self.heartbeat, self.expire_after,
+                                                      self._loop.time()),
+                          outbound, self._owner_of(channel))
+        self._remote.pop(session_id, None)
+        self._register(session)
+        async with session._lock:
+            self._check_ack(session, hello.ack)
+            self._attach(session, channel, sent=hello.ack)
+            channel.welcome(Welcome(session=session.id, epoch=self.epoch, resumed=True,
+                                    ack=session.last_in, limits=self._announced()))
+        if old is not Presence.PRESENT:
+            self._notify(session_id, old, Presence.PRESENT)
+        else:  # unchanged here, but the other hubs must learn who holds it now
+            announce = getattr(self.store, "announce", None)
+            if announce is not None:
+                announce(session_id, Presence.PRESENT.value)
+        self._log.info("= %s: session %s taken over (generation %d, from %s), %d to "
+                       "replay", channel.address, session_id, record.generation,
+                       "this hub" if local is not None else "the store", session.unacked)
+        return session
+
+    def _store_event(self, event: object) -> None:
+        """What a shared store tells this hub (in the loop; never raises)."""
+        from adapters.stores.redis import (  # noqa: PLC0415 (redis-py is optional)
+            EpochMoved,
+            Poked,
+            PresenceHeard,
+            StoreReset,
+            TakenOver,
+        )
+
+        if self._closed:
+            return
+        if isinstance(event, Poked):
+            session = self._sessions.get(event.session_id)
+            if session is not None:
+                self._fetch_soon(session)
+        elif isinstance(event, TakenOver):
+            session = self._sessions.get(event.session_id)
+            if session is not None and session._generation < event.generation:
+                self._log.info("= session %s was taken over by another hub", session.id)
+                self._release(session, keep_presence=True)
+        elif isinstance(event, PresenceHeard):
+            self._heard_presence(event.node, event.session_id, event.presence)
+        elif isinstance(event, EpochMoved):
+            self._epoch_moved(event.epoch)
+        elif isinstance(event, StoreReset):
+            if self._sessions:
+                self._log.warning("! %s: the %d sessions held here are reloaded from the "
+                                  "store when their clients resume", event.reason,
+                                  len(self._sessions))
+            for session in list(self._sessions.values()):
+                self._release(session, keep_presence=True)
+
+    def _heard_presence(self, node: str, session_id: str, presence: str) -> None:
+        try:
+            new = Presence(presence)
+        except ValueError:
+            self._log.warning("! presence %r from hub %s ignored", presence, node)
+            return
+        if session_id in self._sessions:
+            return  # held here: this hub's own watch decides
+        old = self._presence.get(session_id, Presence.GONE)
+        if new is Presence.GONE:
+            self._remote.pop(session_id, None)
+            self._presence.pop(session_id, None)
+        else:
+            self._remote[session_id] = _Remote(node, new, self._loop.time())
+            self._presence[session_id] = new
+        if new is not old:
+            self._notify(session_id, old, new, local=False)
+
+    def _fetch_soon(self, session: Session) -> None:
+        """Read the session's messages committed by other hubs (one read at a time per
+        session; a poke during a read makes one more read)."""
+        if session._fetching:
+            session._fetch_again = True
+            return
+        session._fetching = True
+        task = asyncio.create_task(self._fetch(session), context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _fetch(self, session: Session) -> None:
+        try:
+            while True:
+                session._fetch_again = False
+                if self._sessions.get(session.id) is not session:
+                    return
+                after = session._next_wire - 1
+                try:
+                    found = await cast(Any, self.store).unacked(session.id, after=after)
+                except StoreBusy as error:
+                    self._log.warning("! %s: could not read its messages (will retry): %s",
+                                      session.id, error)
+                    return
+                for message in found:
+                    session._arrive_fetched(message.wire, message.text)
+                self._update_idle(session)
+                if not session._fetch_again:
+                    return
+        finally:
+            session._fetching = False
+
+    async def _watching_the_cluster(self) -> None:
+        """Now and then (shared stores): read what other hubs committed for the sessions
+        held here (a lost poke only delays), mark the sessions of hubs that died stale
+        and then gone, expire the store's abandoned sessions."""
+        liveness = float(getattr(self.store, "liveness", self.heartbeat.interval))
+        period = max(0.05, min(self.heartbeat.interval, liveness) / 2)
+        rounds = 0
+        while True:
+            await asyncio.sleep(period)
+            rounds += 1
+            try:
+                await self._watch_cluster(expire=rounds % 20 == 0)
+            except StoreBusy as error:
+                self._log.warning("! cluster watch: %s", error)
+            except Exception:
+                self._log.exception("! the cluster watch failed; it goes on")
+
+    async def _watch_cluster(self, *, expire: bool) -> None:
+        store = cast(Any, self.store)
+        held = [sid for sid, s in self._sessions.items() if s._channel is not None]
+        if held:
+            heads: dict[str, int] = await store.heads(held)
+            for sid, head in heads.items():
+                session = self._sessions.get(sid)
+                if session is not None and head > session._next_wire:
+                    self._fetch_soon(session)
+        now = self._loop.time()
+        nodes = sorted({r.node for r in self._remote.values()})
+        alive: set[str] = await store.alive(nodes) if nodes else set()
+        for sid, remote in list(self._remote.items()):
+            if remote.node in alive and remote.presence is not Presence.STALE:
+                continue
+            if remote.presence is Presence.PRESENT:
+                self._log.info("= session %s: its hub %s is dead: stale", sid, remote.node)
+                remote.presence, remote.since = Presence.STALE, now
+                self._presence[sid] = Presence.STALE
+                self._notify(sid, Presence.PRESENT, Presence.STALE, local=False)
+            elif remote.presence is Presence.STALE and \
+                    now - remote.since >= self.expire_after:
+                del self._remote[sid]
+                self._presence.pop(sid, None)
+                self._notify(sid, Presence.STALE, Presence.GONE, local=False)
+        if expire:
+            bound = self.heartbeat.bound
+            for sid in await self.store.expire(time.time() - bound - self.expire_after):
+                self._log.info("= session %s expired in the store", sid)
 
     # -- encoding ---------------------------------------------------------------------------------
 
@@ -1085,6 +1439,12 @@ def _check_store(store: object) -> SessionStore:
                             f"adapters.stores.SessionStore)")
     if not isinstance(getattr(store, "epoch", None), str):
         raise TypeError(f"serve(store=...): {type(store).__name__}.epoch must be a str")
+    if getattr(store, "shared", False) is True:
+        for name in ("claim", "heads", "alive", "new_epoch"):
+            if not inspect.iscoroutinefunction(getattr(store, name, None)):
+                raise TypeError(f"serve(store=...): {type(store).__name__} is shared, so "
+                                f"{name} must be an async method (see "
+                                f"adapters.stores.RedisStore)")
     return store  # type: ignore[return-value]
 
 

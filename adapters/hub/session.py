@@ -12,6 +12,10 @@ A :class:`Session` keeps, for its client:
   the store's answers may come back in any order: a message is held until every lower
   wire number arrived, so the client sees them in order;
 * **presence**: a :class:`fsm.presence.PresenceWatch`, driven by the hub.
+
+The decisions are the pure pieces of :mod:`fsm.serving` (:class:`~fsm.serving.Intake`,
+:class:`~fsm.serving.Ledger`, :class:`~fsm.serving.AckClock`); this class holds them
+with what only the driver has (the connection, the timers, the lock).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from adapters.stores import Effect
-from fsm.errors import OutboxFull
 from fsm.presence import Presence, PresenceWatch
 from fsm.protocol import Msg
+from fsm.serving import AckClock, Intake, Ledger
 
 if TYPE_CHECKING:
     from adapters.hub.server import Hub
@@ -50,31 +54,23 @@ class Session:
         #: Client messages delivered by this hub (committed).
         self.delivered = 0
         self._hub = hub
+        self._generation = record.generation  # fencing: what this hub's commits carry
+        self._epoch = hub.epoch  # the store's epoch when this hub took the session
+        self._fetching = self._fetch_again = False  # reading other hubs' sends (shared)
         self._owner = owner  # quota key: "principal:..." or "address:..." ("" unknown)
         self._watch = watch
         self._channel: Channel | None = None
         self._lock = asyncio.Lock()  # one delivery (or resume) at a time
-        # inbound
-        self._committed = record.last_in
-        self._read = record.last_in
+        # inbound: the protocol's decisions, and the messages read, not yet delivered
+        self._intake = Intake(committed=record.last_in, read=record.last_in)
         self._inbox: deque[tuple[Msg, int]] = deque()
         self._inbox_size = 0
-        self._duplicates = 0
-        # outbound: (wire, text, bytes), contiguous by wire
-        self._ledger: deque[tuple[int, str, int]] = deque()
-        self._ledger_bytes = 0
-        self._next_wire = record.next_wire  # the next wire number to arrive, in order
-        self._early: dict[int, tuple[str, int]] = {}
-        self._reserved = 0
-        self._reserved_bytes = 0
+        # outbound: every message the client has not acknowledged, held once
+        self._out = Ledger.load((hub.limits.outbox, hub.limits.outbox_bytes),
+                                record.next_wire, [(m.wire, m.text) for m in outbound])
         self._store_acked = record.acked_out
-        for message in outbound:
-            size = len(message.text.encode("utf-8"))
-            self._ledger.append((message.wire, message.text, size))
-            self._ledger_bytes += size
         # acknowledgements owed to the client
-        self._ack_owed_since: float | None = None
-        self._ack_forced = False
+        self._acks = AckClock(hub.ack_delay, hub.ack_every)
         self._ack_timer: asyncio.TimerHandle | None = None
         # the presence timer
         self._timer: asyncio.TimerHandle | None = None
@@ -82,7 +78,7 @@ class Session:
 
     def __repr__(self) -> str:
         return (f"Session({self.id!r}, presence={self.presence.value!r}, "
-                f"connected={self.connected}, last_in={self._committed}, "
+                f"connected={self.connected}, last_in={self.last_in}, "
                 f"unacked={self.unacked})")
 
     # -- the handler's view ----------------------------------------------------------------------
@@ -98,17 +94,17 @@ class Session:
     @property
     def last_in(self) -> int:
         """Highest client ``seq`` whose delivery is committed."""
-        return self._committed
+        return self._intake.committed
 
     @property
     def unacked(self) -> int:
         """Server messages committed for the client and not acknowledged yet."""
-        return len(self._ledger) + len(self._early)
+        return self._out.unacked
 
     @property
     def duplicates(self) -> int:
         """Replayed client messages dropped by ``seq`` (on this hub's watch)."""
-        return self._duplicates
+        return self._intake.duplicates
 
     def send(self, data: Any) -> asyncio.Future[None]:
         """Send ``data`` (any JSON value) to this client; see :meth:`Hub.send`."""
@@ -127,8 +123,7 @@ class Session:
     @property
     def _empty(self) -> bool:
         """Nothing delivered either way, ever: nothing to lose if it is forgotten."""
-        return (self._committed == 0 and self._next_wire == 1 and not self._reserved
-                and not self._early)
+        return self.last_in == 0 and self._out.next_wire == 1 and not self._out.pending
 
     @property
     def _busy(self) -> bool:
@@ -136,77 +131,59 @@ class Session:
         return bool(self._inbox)
 
     @property
-    def _highest_wire(self) -> int:
-        """The highest wire number the client can have seen: every lower one arrived."""
-        return self._next_wire - 1
+    def _next_wire(self) -> int:
+        return self._out.next_wire
+
+    @property
+    def _ledger(self) -> deque[tuple[int, str, int]]:
+        return self._out.held
+
+    @property
+    def _reserved(self) -> int:
+        return self._out.reserved
+
+    @property
+    def _reserved_bytes(self) -> int:
+        return self._out.reserved_bytes
 
     def _reserve(self, size: int) -> None:
         """Room for one more message of ``size`` bytes, or ``OutboxFull``."""
-        limits = self._hub.limits
-        count = len(self._ledger) + len(self._early) + self._reserved + 1
-        held = self._ledger_bytes + self._reserved_bytes + size
-        if count > limits.outbox or held > limits.outbox_bytes:
-            raise OutboxFull(
-                f"session {self.id} holds {count - 1} unacknowledged or pending messages "
-                f"({held - size} bytes); limits are {limits.outbox} messages and "
-                f"{limits.outbox_bytes} bytes: message not accepted")
-        self._reserved += 1
-        self._reserved_bytes += size
+        self._out.reserve(size, self.id)
 
     def _unreserve(self, size: int) -> None:
-        self._reserved -= 1
-        self._reserved_bytes -= size
+        self._out.unreserve(size)
 
     def _arrive(self, wire: int, text: str, size: int) -> None:
         """The store committed a message with ``wire``: hold it (in wire order) and let
         the connection write it. Cannot fail."""
-        self._unreserve(size)
-        if wire < self._next_wire:  # pragma: no cover (the store numbers each once)
-            return
-        self._early[wire] = (text, size)
-        while self._next_wire in self._early:
-            text, size = self._early.pop(self._next_wire)
-            self._ledger.append((self._next_wire, text, size))
-            self._ledger_bytes += size
-            self._next_wire += 1
-        if self._channel is not None:
+        if self._out.arrive(wire, text, size) and self._channel is not None:
+            self._channel.poke()
+
+    def _arrive_fetched(self, wire: int, text: str) -> None:
+        """A message another hub committed for this client (read from a shared store):
+        hold it like one of ours; one this hub has already is ignored."""
+        if self._out.found(wire, text) and self._channel is not None:
             self._channel.poke()
 
     def _acknowledged(self, upto: int) -> None:
-        """The client has every message up to ``upto``: forget them (memory now, the
-        store with the next commit)."""
-        while self._ledger and self._ledger[0][0] <= upto:
-            _, _, size = self._ledger.popleft()
-            self._ledger_bytes -= size
+        """The client has every message up to ``upto`` (checked): forget them (memory
+        now, the store with the next commit)."""
+        self._out.acknowledge(upto)
         if upto > self._store_acked:
             self._hub._ack_to_store(self, upto)
         if self._channel is not None and self._channel.window is not None:
             self._channel.poke()  # room in the client's window: more may flow
 
-    @property
-    def _client_acked(self) -> int:
-        """The highest wire number the client acknowledged (everything below the first
-        message still held)."""
-        return self._ledger[0][0] - 1 if self._ledger else self._next_wire - 1
-
     def _message_after(self, sent: int) -> tuple[int, str] | None:
-        """The first held message with a wire number above ``sent``."""
-        if not self._ledger:
-            return None
-        index = max(0, sent + 1 - self._ledger[0][0])
-        if index >= len(self._ledger):
-            return None
-        wire, text, _ = self._ledger[index]
-        return wire, text
+        """The first held message above ``sent`` the client's window lets out now."""
+        window = self._channel.window if self._channel is not None else None
+        return self._out.message_after(sent, window)
 
     def _ack_carried(self, ack: int) -> None:
         """A frame carrying ``ack`` was written: no standalone ack is owed up to it."""
-        if ack >= self._committed:
-            self._ack_owed_since = None
-            self._ack_forced = False
-            if self._ack_timer is not None:
-                self._ack_timer.cancel()
-                self._ack_timer = None
+        if self._acks.carried(ack, self.last_in) and self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
     def _cancel_timers(self) -> None:
         for timer in (self._timer, self._ack_timer):

@@ -91,6 +91,7 @@ class Channel:
         self.session: Session | None = None
         self.ack_sent = 0  # highest ack written on this socket: the client's view
         self.sent = 0  # highest wire number written on this socket
+        self.msgs_read = 0  # client messages read on this socket (the first may gap)
         self.window: int | None = None  # the client's (hello.limits.max_inflight)
         self.closing = False
         self.reading_done = False  # the reader stopped: deliver what it read, then stop
@@ -144,10 +145,7 @@ class Channel:
         if session is None or session._channel is not self:
             return None
         ack = session.last_in
-        message = session._message_after(self.sent)
-        if message is not None and self.window is not None and \
-                message[0] - session._client_acked > self.window:
-            message = None  # the client's window is full: wait for its acks
+        message = session._message_after(self.sent)  # (the client's window applied)
         if message is not None:
             wire, text = message
             self.sent = wire
@@ -156,7 +154,7 @@ class Channel:
         for kind in ("pong", "ping", "ack"):
             if getattr(self, f"_{kind}"):
                 setattr(self, f"_{kind}", False)
-                if kind == "ack" and self.ack_sent >= ack and not session._ack_forced:
+                if kind == "ack" and not session._acks.due(ack, self.ack_sent):
                     continue  # another frame carried it already
                 self._written(ack)
                 return f'{{"type":"{kind}","ack":{ack}}}'

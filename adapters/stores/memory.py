@@ -12,12 +12,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from adapters.stores.base import (
     Commit,
+    Dropped,
     Outbound,
     SessionRecord,
     Unauthorized,
+    Wire,
     check_commit,
     new_secrets,
 )
@@ -37,9 +40,12 @@ class MemoryStore:
     #: Every call completes without suspending (see SessionStore): a hub awaits it
     #: directly instead of running it as a task of its own.
     immediate = True
+    #: One hub per store (SessionStore.shared).
+    shared: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._epoch = secrets.token_urlsafe(9)
+        self._node = "local"
         self._entries: dict[str, _Entry] = {}
 
     def __repr__(self) -> str:
@@ -49,11 +55,15 @@ class MemoryStore:
     def epoch(self) -> str:
         return self._epoch
 
+    @property
+    def node(self) -> str:
+        return self._node
+
     async def create(self, now: float, principal: str | None = None
                      ) -> tuple[SessionRecord, str]:
         session_id, token, digest = new_secrets()
         record = SessionRecord(session_id, digest, created=now, last_seen=now,
-                               principal=principal)
+                               principal=principal, generation=1, node=self._node)
         self._entries[session_id] = _Entry(record)
         return record, token
 
@@ -64,6 +74,15 @@ class MemoryStore:
         if not entry.record.matches(token):
             raise Unauthorized(f"wrong token for session {session_id}")
         return entry.record
+
+    async def claim(self, session_id: str, now: float
+                    ) -> tuple[SessionRecord, list[Outbound]] | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        entry.record = replace(entry.record, generation=entry.record.generation + 1,
+                               node=self._node, last_seen=now)
+        return entry.record, await self.unacked(session_id)
 
     def _get(self, session_id: str) -> SessionRecord | None:
         entry = self._entries.get(session_id)
@@ -81,19 +100,19 @@ class MemoryStore:
             return []
         return [Outbound(wire, text) for wire, text in sorted(entry.outbound.items())]
 
-    async def commit(self, commit: Commit) -> list[int | None]:
-        check_commit(commit, self._get)
+    async def commit(self, commit: Commit) -> list[Wire]:
+        check_commit(commit, self._get, self._epoch)
         for effect in commit.effects:  # first: if one raises, nothing was changed
             effect(None)
         if commit.inbound is not None:
             session_id, seq = commit.inbound
             entry = self._entries[session_id]
             entry.record = replace(entry.record, last_in=seq, last_seen=commit.now)
-        wires: list[int | None] = []
+        wires: list[Wire] = []
         for session_id, text in commit.sends:
             target = self._entries.get(session_id)
             if target is None:
-                wires.append(None)
+                wires.append(Dropped.GONE)
                 continue
             wire = target.record.next_wire
             target.outbound[wire] = text

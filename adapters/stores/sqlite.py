@@ -34,14 +34,17 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from adapters.stores.base import (
     Commit,
+    Dropped,
     Outbound,
     SessionRecord,
     StoreBusy,
+    StoreLost,
     Unauthorized,
+    Wire,
     check_commit,
     new_secrets,
 )
@@ -70,7 +73,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     acked_out  INTEGER NOT NULL,
     created    REAL NOT NULL,
     last_seen  REAL NOT NULL,
-    principal  TEXT
+    principal  TEXT,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbound (
     session TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -79,7 +83,8 @@ CREATE TABLE IF NOT EXISTS outbound (
     PRIMARY KEY (session, wire)
 ) WITHOUT ROWID;
 """
-_COLUMNS = "id, token_hash, last_in, next_wire, acked_out, created, last_seen, principal"
+_COLUMNS = ("id, token_hash, last_in, next_wire, acked_out, created, last_seen, principal, "
+            "generation")
 
 _Job = tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
 
@@ -92,6 +97,9 @@ def _busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+_NODE = "local"
+
+
 class SQLiteStore:
     """Sessions in an SQLite file, served by one thread; see the module docstring.
 
@@ -99,6 +107,9 @@ class SQLiteStore:
     before failing with :class:`~adapters.stores.StoreBusy`. :meth:`run` runs your own
     function on the store's connection (create the tables your effects write to).
     """
+
+    #: One hub per file (SessionStore.shared).
+    shared: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, *,
                  synchronous: Literal["FULL", "NORMAL"] = "FULL",
@@ -135,6 +146,10 @@ class SQLiteStore:
     @property
     def epoch(self) -> str:
         return self._epoch
+
+    @property
+    def node(self) -> str:
+        return _NODE
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -181,6 +196,9 @@ class SQLiteStore:
             columns = {row[1] for row in tx.execute("PRAGMA table_info(sessions)")}
             if "principal" not in columns:  # a file from before authentication
                 tx.execute("ALTER TABLE sessions ADD COLUMN principal TEXT")
+            if "generation" not in columns:  # a file from before fencing (issue 12)
+                tx.execute("ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL "
+                           "DEFAULT 0")
             tx.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)",
                        (secrets.token_urlsafe(9),))
         row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
@@ -231,7 +249,7 @@ class SQLiteStore:
     def _record(row: tuple[Any, ...]) -> SessionRecord:
         return SessionRecord(row[0], bytes(row[1]), int(row[2]), int(row[3]), int(row[4]),
                              float(row[5]), float(row[6]),
-                             None if row[7] is None else str(row[7]))
+                             None if row[7] is None else str(row[7]), int(row[8]), _NODE)
 
     def _get(self, session_id: str) -> SessionRecord | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM sessions WHERE id=?", (session_id,))
@@ -243,11 +261,12 @@ class SQLiteStore:
                      ) -> tuple[SessionRecord, str]:
         session_id, token, digest = new_secrets()
         record = SessionRecord(session_id, digest, created=now, last_seen=now,
-                               principal=principal)
+                               principal=principal, generation=1, node=_NODE)
 
         def create() -> None:
             with self._transaction() as db:
-                db.execute(f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, 0, 1, 0, ?, ?, ?)",
+                db.execute(f"INSERT INTO sessions ({_COLUMNS}) "
+                           f"VALUES (?, ?, 0, 1, 0, ?, ?, ?, 1)",
                            (session_id, digest, now, now, principal))
 
         await self._call(create)
@@ -264,6 +283,22 @@ class SQLiteStore:
     async def get(self, session_id: str) -> SessionRecord | None:
         return await self._call(lambda: self._get(session_id))
 
+    async def claim(self, session_id: str, now: float
+                    ) -> tuple[SessionRecord, list[Outbound]] | None:
+        def claim() -> tuple[SessionRecord, list[Outbound]] | None:
+            with self._transaction() as db:
+                moved = db.execute("UPDATE sessions SET generation=generation+1, last_seen=? "
+                                   "WHERE id=?", (now, session_id)).rowcount
+                if not moved:
+                    return None
+                record = self._get(session_id)
+                rows = db.execute("SELECT wire, data FROM outbound WHERE session=? "
+                                  "ORDER BY wire", (session_id,)).fetchall()
+            assert record is not None
+            return record, [Outbound(int(wire), str(data)) for wire, data in rows]
+
+        return await self._call(claim)
+
     async def sessions(self) -> list[SessionRecord]:
         rows = await self._call(
             lambda: self._read(f"SELECT {_COLUMNS} FROM sessions ORDER BY created"))
@@ -274,19 +309,23 @@ class SQLiteStore:
             "SELECT wire, data FROM outbound WHERE session=? ORDER BY wire", (session_id,)))
         return [Outbound(int(wire), str(data)) for wire, data in rows]
 
-    def _commit(self, commit: Commit) -> list[int | None]:
+    def _commit(self, commit: Commit) -> list[Wire]:
         with self._transaction() as db:
+            if commit.floors or (commit.epoch is not None and commit.epoch != self._epoch):
+                check_commit(commit, self._get, self._epoch)
             if commit.inbound is not None:
                 session_id, seq = commit.inbound
                 # One statement checks and advances (every statement is a round trip
                 # for the GIL between this thread and the loop's).
+                fence = "" if commit.generation is None else \
+                    f" AND generation={int(commit.generation)}"
                 moved = db.execute("UPDATE sessions SET last_in=?, last_seen=? "
-                                   "WHERE id=? AND last_in=?",
+                                   f"WHERE id=? AND last_in=?{fence}",
                                    (seq, commit.now, session_id, seq - 1)).rowcount
                 if moved != 1:
-                    check_commit(commit, self._get)  # raises, naming what is wrong
+                    check_commit(commit, self._get, self._epoch)  # raises, naming it
                     raise AssertionError("unreachable")  # pragma: no cover
-            wires: list[int | None] = []
+            wires: list[Wire] = []
             next_wire: dict[str, int | None] = {}
             for session_id, text in commit.sends:
                 if session_id not in next_wire:
@@ -294,7 +333,7 @@ class SQLiteStore:
                                      (session_id,)).fetchone()
                     next_wire[session_id] = None if row is None else int(row[0])
                 wire = next_wire[session_id]
-                wires.append(wire)
+                wires.append(Dropped.GONE if wire is None else wire)
                 if wire is None:
                     continue
                 db.execute("INSERT INTO outbound (session, wire, data) VALUES (?, ?, ?)",
@@ -304,6 +343,11 @@ class SQLiteStore:
                 if wire is not None:
                     db.execute("UPDATE sessions SET next_wire=? WHERE id=?", (wire, session_id))
             for session_id, upto in commit.acked.items():
+                row = db.execute("SELECT next_wire FROM sessions WHERE id=?",
+                                 (session_id,)).fetchone()
+                if row is not None and upto >= int(row[0]):
+                    raise StoreLost(f"session {session_id}: the client acknowledged "
+                                    f"{upto}, the store sent only up to {int(row[0]) - 1}")
                 db.execute("DELETE FROM outbound WHERE session=? AND wire<=?",
                            (session_id, upto))
                 db.execute("UPDATE sessions SET acked_out=? WHERE id=? AND acked_out<?",
@@ -312,7 +356,7 @@ class SQLiteStore:
                 effect(db)
         return wires
 
-    async def commit(self, commit: Commit) -> list[int | None]:
+    async def commit(self, commit: Commit) -> list[Wire]:
         return await self._call(lambda: self._commit(commit))
 
     async def touch(self, seen: Mapping[str, float]) -> None:
