@@ -1,4 +1,4 @@
-"""The hub's bounds (:class:`Limits`) and the argument checks every hub entry point uses.
+"""The hub's bounds (:class:`Limits`), each checked as given (with :mod:`fsm.checks`).
 
 Every bound has a default with its reason, and every argument is checked when it is
 given, with an error that names it and says what is allowed: a hub that silently accepts
@@ -7,40 +7,17 @@ given, with an error that names it and says what is allowed: a hub that silently
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
-from typing import Any
 
+from fsm.checks import count, seconds
 from fsm.protocol import DEFAULT_MAX_FRAME
 
-__all__ = ["MIN_FRAME", "Limits", "check_count", "check_seconds"]
+__all__ = ["MIN_FRAME", "Limits"]
 
 #: The smallest ``max_frame`` that carries a ``welcome`` (session id, token, epoch and
 #: limits take about 200 bytes) and an ``error`` with a useful message.
 MIN_FRAME = 512
 KiB, MiB = 2**10, 2**20
-
-
-def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; bools, floats and the rest are refused."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} "
-                        f"{value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_seconds(name: str, value: Any, *, zero: bool = False) -> float:
-    """``value`` as a finite number of seconds, > 0 (>= 0 with ``zero``)."""
-    allowed = ">= 0" if zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a finite number of seconds {allowed}, got "
-                        f"{type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise ValueError(f"{name} must be a finite number of seconds {allowed}, got "
-                         f"{value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +81,10 @@ class Limits:
         for spec in fields(self):
             value = getattr(self, spec.name)
             if spec.type == "int":
-                check_count(f"Limits.{spec.name}", value,
+                count(f"Limits.{spec.name}", value,
                             minimum=MIN_FRAME if spec.name == "max_frame" else 1)
             else:
-                check_seconds(f"Limits.{spec.name}", value)
+                seconds(f"Limits.{spec.name}", value)
         for name in ("read_ahead", "outbox_bytes"):
             if getattr(self, name) < self.max_frame:
                 raise ValueError(f"Limits.{name} ({getattr(self, name)}) must be at least "

@@ -39,7 +39,7 @@ from adapters.hub.guard import (
     calm_accept_errors,
     connection_cap,
 )
-from adapters.hub.limits import Limits, check_count, check_seconds
+from adapters.hub.limits import Limits
 from adapters.hub.session import Session
 from adapters.hub.wire import Channel, WireConnection
 from adapters.stores import (
@@ -62,6 +62,7 @@ from adapters.stores import (
 )
 from adapters.websocket import wire_logger
 from fsm import protocol
+from fsm.checks import count, seconds
 from fsm.errors import OutboxFull
 from fsm.heartbeat import Heartbeat
 from fsm.presence import (
@@ -1491,9 +1492,9 @@ async def serve(
     if authenticate is not None and not callable(authenticate):
         raise TypeError(f"serve(authenticate=...) must be callable as authenticate(request), "
                         f"got {authenticate!r}")
-    expire_after = check_seconds("serve(expire_after=...)", expire_after)
-    ack_delay = check_seconds("serve(ack_delay=...)", ack_delay, zero=True)
-    ack_every = check_count("serve(ack_every=...)", ack_every)
+    expire_after = seconds("serve(expire_after=...)", expire_after)
+    ack_delay = seconds("serve(ack_delay=...)", ack_delay, allow_zero=True)
+    ack_every = count("serve(ack_every=...)", ack_every)
     hub = Hub(handler, _check_store(store) if store is not None else MemoryStore(),
               owns_store=store is None, heartbeat=heartbeat or Heartbeat(),
               limits=limits or Limits(), expire_after=expire_after, ack_delay=ack_delay,
